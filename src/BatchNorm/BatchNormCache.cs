@@ -1,0 +1,91 @@
+using System;
+using MathNet.Numerics.LinearAlgebra;
+
+namespace BatchNorm;
+
+/// <summary>
+/// What <see cref="BatchNormLayer.Forward(Matrix{double})"/> keeps for the backward pass: the normalized
+/// input x̂, the statistics μ and σ² it was normalized with, and 1/√(σ² + ε).
+/// </summary>
+/// <remarks>
+/// <para>
+/// After a training Forward, μ and σ² are the batch mean and the biased batch variance (divided by N), and
+/// <see cref="IsTraining"/> is true. After an inference Forward they are copies of the running mean and
+/// running variance, and <see cref="IsTraining"/> is false.
+/// </para>
+/// <para>
+/// Everything is read-only from outside. The layer reuses one cache object and its buffers from step to
+/// step while the batch shape stays the same, so the values seen through a cache change with the next
+/// Forward of its layer; copy them (for example with <see cref="NormalizedInputToMatrix"/>) to keep them.
+/// </para>
+/// </remarks>
+public sealed class BatchNormCache
+{
+    private readonly Matrix<double> _normalized;
+    private readonly double[] _mean;
+    private readonly double[] _variance;
+    private readonly double[] _inverseStd;
+
+    internal BatchNormCache(int batchSize, int features)
+    {
+        _normalized = Matrix<double>.Build.Dense(batchSize, features);
+        _mean = new double[features];
+        _variance = new double[features];
+        _inverseStd = new double[features];
+    }
+
+    /// <summary>Gets N, the number of rows of the input the cache was made from.</summary>
+    public int BatchSize => _normalized.RowCount;
+
+    /// <summary>Gets D, the number of features (columns).</summary>
+    public int Features => _normalized.ColumnCount;
+
+    /// <summary>
+    /// Gets a value indicating whether the statistics are the batch's own (training Forward, true) or the
+    /// running statistics (inference Forward, false). Backward uses the full gradient through μ and σ² in
+    /// the first case and the frozen-statistics gradient in the second.
+    /// </summary>
+    public bool IsTraining { get; internal set; }
+
+    /// <summary>Gets the ε the layer normalized with.</summary>
+    public double Epsilon { get; internal set; }
+
+    /// <summary>Gets μ per feature: the batch mean in training, the running mean in inference.</summary>
+    public ReadOnlySpan<double> Mean => _mean;
+
+    /// <summary>Gets σ² per feature: the biased batch variance in training, the running variance in inference.</summary>
+    public ReadOnlySpan<double> Variance => _variance;
+
+    /// <summary>Gets 1/√(σ² + ε) per feature.</summary>
+    public ReadOnlySpan<double> InverseStandardDeviation => _inverseStd;
+
+    /// <summary>Gets the whole of x̂ in column-major order: feature j occupies elements [j·N, (j+1)·N).</summary>
+    public ReadOnlySpan<double> NormalizedInput => DenseColumns.Data(_normalized);
+
+    /// <summary>The dense matrix behind x̂; for the built-in strategies, which never write to it.</summary>
+    internal Matrix<double> NormalizedMatrix => _normalized;
+
+    internal Span<double> WritableMean => _mean;
+
+    internal Span<double> WritableVariance => _variance;
+
+    internal Span<double> WritableInverseStd => _inverseStd;
+
+    /// <summary>Gets x̂ for one feature: the normalized values of column <paramref name="feature"/>, one per row.</summary>
+    /// <param name="feature">The column index, 0 ≤ feature &lt; <see cref="Features"/>.</param>
+    /// <returns>A read-only view of N values.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="feature"/> is outside [0, D).</exception>
+    public ReadOnlySpan<double> NormalizedColumn(int feature)
+    {
+        if ((uint)feature >= (uint)Features)
+        {
+            throw new ArgumentOutOfRangeException(nameof(feature), feature, $"The feature index must lie in [0, {Features}).");
+        }
+
+        return NormalizedInput.Slice(feature * BatchSize, BatchSize);
+    }
+
+    /// <summary>Copies x̂ into a new N×D matrix, for inspection or for a strategy written with MathNet operators.</summary>
+    /// <returns>A new dense matrix that the caller owns.</returns>
+    public Matrix<double> NormalizedInputToMatrix() => _normalized.Clone();
+}

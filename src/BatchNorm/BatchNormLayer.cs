@@ -1,0 +1,322 @@
+using System;
+using System.Globalization;
+using MathNet.Numerics.LinearAlgebra;
+
+namespace BatchNorm;
+
+/// <summary>
+/// Batch normalization over a mini-batch held as an N×D matrix: rows are samples, columns are features,
+/// and the statistics are per column (Ioffe and Szegedy, 2015). It matches PyTorch's BatchNorm1d.
+/// </summary>
+/// <remarks>
+/// <para><b>Training Forward</b> (<see cref="IsTraining"/> true), per feature:</para>
+/// <list type="bullet">
+/// <item>μ = (1/N)·Σᵢ xᵢ and the biased variance σ² = (1/N)·Σᵢ (xᵢ − μ)², computed in two passes, never as E[x²] − E[x]².</item>
+/// <item>x̂ = (x − μ)/√(σ² + ε) and y = γ·x̂ + β.</item>
+/// <item>running_mean ← (1 − m)·running_mean + m·μ and running_var ← (1 − m)·running_var + m·σ²·N/(N − 1):
+/// the running variance is unbiased, as in PyTorch. Then <see cref="BatchesTracked"/> grows by one.</item>
+/// <item>With <see cref="Momentum"/> null, m = 1/BatchesTracked (after the increment): a cumulative moving average.</item>
+/// <item>Keras' momentum is the weight of the old value: Keras 0.99 is m = 0.01 here, and PyTorch's 0.1 is 0.1 here.</item>
+/// </list>
+/// <para><b>Inference Forward</b> (<see cref="IsTraining"/> false): x̂ = (x − running_mean)/√(running_var + ε).
+/// It changes no state but the cache, and works on a single row.</para>
+/// <para><b>Backward</b> after a training Forward is the full gradient through μ and σ²; after an inference
+/// Forward it is the frozen-statistics gradient dx = dy·γ/√(running_var + ε). Both write
+/// <see cref="GammaGradient"/> and <see cref="BetaGradient"/>.</para>
+/// <para><b>Bad input</b> throws before anything is written: the running statistics, <see cref="BatchesTracked"/>,
+/// <see cref="Cache"/>, γ, β and the gradients stay as they were.</para>
+/// <para><b>Threads:</b> a layer is not thread-safe; use one layer per thread or lock around it.</para>
+/// </remarks>
+public sealed class BatchNormLayer
+{
+    private BackwardStrategy _backwardStrategy;
+    private BatchNormCache? _cache;
+    private readonly double[] _batchMean;
+    private readonly double[] _batchVariance;
+    private readonly Vector<double> _gammaGradientScratch;
+    private readonly Vector<double> _betaGradientScratch;
+    private Matrix<double>? _inputScratch;
+    private Matrix<double>? _outputScratch;
+    private Matrix<double>? _outputGradientScratch;
+    private Matrix<double>? _inputGradientScratch;
+
+    /// <summary>Creates a layer for <paramref name="features"/> columns, with γ = 1, β = 0, running mean 0 and running variance 1.</summary>
+    /// <param name="features">D, the number of columns of every input; at least 1.</param>
+    /// <param name="epsilon">ε, added to the variance before the square root; positive and finite. PyTorch's default is 1e-5.</param>
+    /// <param name="momentum">m in [0, 1], the weight of the new batch in the running statistics (PyTorch's convention;
+    /// Keras' momentum is 1 − m). Null gives a cumulative moving average.</param>
+    /// <param name="backward">The backward strategy; <see cref="BackwardStrategy.ClosedForm"/> when null.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="features"/> ≤ 0, <paramref name="epsilon"/> is not
+    /// positive and finite, or <paramref name="momentum"/> is outside [0, 1] or NaN.</exception>
+    public BatchNormLayer(int features, double epsilon = 1e-5, double? momentum = 0.1, BackwardStrategy? backward = null)
+    {
+        if (features <= 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(features), features, "The number of features must be at least 1.");
+        }
+
+        if (!(epsilon > 0) || double.IsInfinity(epsilon))
+        {
+            throw new ArgumentOutOfRangeException(nameof(epsilon), epsilon, "Epsilon must be positive and finite.");
+        }
+
+        if (momentum is double m && !(m >= 0 && m <= 1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(momentum), m, "Momentum must lie in [0, 1], or be null for a cumulative moving average.");
+        }
+
+        Features = features;
+        Epsilon = epsilon;
+        Momentum = momentum;
+        _backwardStrategy = backward ?? BackwardStrategy.ClosedForm;
+        Gamma = Vector<double>.Build.Dense(features);
+        Beta = Vector<double>.Build.Dense(features);
+        GammaGradient = Vector<double>.Build.Dense(features);
+        BetaGradient = Vector<double>.Build.Dense(features);
+        RunningMean = Vector<double>.Build.Dense(features);
+        RunningVariance = Vector<double>.Build.Dense(features);
+        _gammaGradientScratch = Vector<double>.Build.Dense(features);
+        _betaGradientScratch = Vector<double>.Build.Dense(features);
+        _batchMean = new double[features];
+        _batchVariance = new double[features];
+        ResetParameters();
+        ResetRunningStatistics();
+    }
+
+    /// <summary>Gets D, the number of features (columns) the layer normalizes.</summary>
+    public int Features { get; }
+
+    /// <summary>Gets ε, added to the variance before the square root.</summary>
+    public double Epsilon { get; }
+
+    /// <summary>Gets m, the weight of each new batch in the running statistics; null for a cumulative moving average.</summary>
+    public double? Momentum { get; }
+
+    /// <summary>Gets or sets whether Forward normalizes with the batch's statistics (true, the initial value) or the running ones.</summary>
+    public bool IsTraining { get; set; } = true;
+
+    /// <summary>Gets or sets how Backward computes the gradients. <see cref="BackwardStrategy.ClosedForm"/> by default.</summary>
+    /// <exception cref="ArgumentNullException">The value is null.</exception>
+    public BackwardStrategy BackwardStrategy
+    {
+        get => _backwardStrategy;
+        set
+        {
+            Guard.NotNull(value, nameof(value));
+            _backwardStrategy = value;
+        }
+    }
+
+    /// <summary>Gets γ, the per-feature scale, 1 at start. The layer owns it; an optimizer updates it in place.</summary>
+    public Vector<double> Gamma { get; }
+
+    /// <summary>Gets β, the per-feature shift, 0 at start. The layer owns it; an optimizer updates it in place.</summary>
+    public Vector<double> Beta { get; }
+
+    /// <summary>Gets dL/dγ = Σᵢ dyᵢ·x̂ᵢ, overwritten by each Backward; 0 before the first.</summary>
+    public Vector<double> GammaGradient { get; }
+
+    /// <summary>Gets dL/dβ = Σᵢ dyᵢ, overwritten by each Backward; 0 before the first.</summary>
+    public Vector<double> BetaGradient { get; }
+
+    /// <summary>Gets the running mean, 0 at start, used by inference Forward.</summary>
+    public Vector<double> RunningMean { get; }
+
+    /// <summary>Gets the running (unbiased) variance, 1 at start, used by inference Forward.</summary>
+    public Vector<double> RunningVariance { get; }
+
+    /// <summary>Gets the number of training batches folded into the running statistics.</summary>
+    public long BatchesTracked { get; private set; }
+
+    /// <summary>Gets what the last Forward kept for Backward; null before the first Forward.</summary>
+    public BatchNormCache? Cache => _cache;
+
+    /// <summary>Puts back a batch count saved earlier, for helpers that must leave the layer as they found it.</summary>
+    internal void RestoreBatchesTracked(long batches) => BatchesTracked = batches;
+
+    /// <summary>Sets γ to 1 and β to 0.</summary>
+    public void ResetParameters()
+    {
+        Gamma.Clear();
+        Gamma.Add(1.0, Gamma);
+        Beta.Clear();
+    }
+
+    /// <summary>Sets the running mean to 0, the running variance to 1 and <see cref="BatchesTracked"/> to 0.</summary>
+    public void ResetRunningStatistics()
+    {
+        RunningMean.Clear();
+        RunningVariance.Clear();
+        RunningVariance.Add(1.0, RunningVariance);
+        BatchesTracked = 0;
+    }
+
+    /// <summary>Normalizes a mini-batch and returns y = γ·x̂ + β in a new N×D matrix.</summary>
+    /// <param name="input">x, N×D. N ≥ 2 in training; any N ≥ 1 in inference.</param>
+    /// <returns>y, a new dense N×D matrix.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="input"/> is null.</exception>
+    /// <exception cref="ArgumentException">The column count is not <see cref="Features"/>; fewer than 2 rows in
+    /// training; or, in training, a column holds NaN or infinity or overflows its statistics (the message names it).</exception>
+    /// <remarks>Allocates the result, and the cache when the batch shape changes. See the class remarks for the formulas.</remarks>
+    public Matrix<double> Forward(Matrix<double> input)
+    {
+        CheckInput(input);
+        Matrix<double> output = Matrix<double>.Build.Dense(input.RowCount, input.ColumnCount);
+        ForwardCore(input, output);
+        return output;
+    }
+
+    /// <summary>Normalizes a mini-batch into <paramref name="output"/>: y = γ·x̂ + β.</summary>
+    /// <param name="input">x, N×D. N ≥ 2 in training; any N ≥ 1 in inference.</param>
+    /// <param name="output">Receives y; N×D. It may be <paramref name="input"/> itself.</param>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    /// <exception cref="ArgumentException">As for <see cref="Forward(Matrix{double})"/>, or <paramref name="output"/>'s shape differs from <paramref name="input"/>'s.</exception>
+    /// <remarks>Allocates nothing when both matrices are dense and the shape is that of the previous Forward.</remarks>
+    public void Forward(Matrix<double> input, Matrix<double> output)
+    {
+        CheckInput(input);
+        Guard.NotNull(output, nameof(output));
+        Guard.SameShape(output, input.RowCount, input.ColumnCount, nameof(output), nameof(input));
+        ForwardCore(input, output);
+    }
+
+    /// <summary>Back-propagates dL/dy through the last Forward and returns dL/dx in a new matrix.</summary>
+    /// <param name="outputGradient">dL/dy, of the shape of the last Forward's input.</param>
+    /// <returns>dL/dx, a new dense N×D matrix. <see cref="GammaGradient"/> and <see cref="BetaGradient"/> are overwritten.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="outputGradient"/> is null.</exception>
+    /// <exception cref="ArgumentException">The shape differs from the last Forward's, or a column holds NaN or infinity or overflows Σdy or Σdy·x̂ (the message names it).</exception>
+    /// <exception cref="InvalidOperationException">No Forward has run yet.</exception>
+    public Matrix<double> Backward(Matrix<double> outputGradient)
+    {
+        BatchNormCache cache = CheckOutputGradient(outputGradient);
+        Matrix<double> inputGradient = Matrix<double>.Build.Dense(cache.BatchSize, cache.Features);
+        BackwardCore(cache, outputGradient, inputGradient);
+        return inputGradient;
+    }
+
+    /// <summary>Back-propagates dL/dy through the last Forward, writing dL/dx into <paramref name="inputGradient"/>.</summary>
+    /// <param name="outputGradient">dL/dy, of the shape of the last Forward's input.</param>
+    /// <param name="inputGradient">Receives dL/dx; same shape. It may be <paramref name="outputGradient"/> itself.
+    /// If an exception is thrown for a non-finite column, its contents are unspecified (the layer's own state is untouched).</param>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    /// <exception cref="ArgumentException">As for <see cref="Backward(Matrix{double})"/>, or <paramref name="inputGradient"/> has another shape.</exception>
+    /// <exception cref="InvalidOperationException">No Forward has run yet.</exception>
+    /// <remarks>Allocates nothing when both matrices are dense.</remarks>
+    public void Backward(Matrix<double> outputGradient, Matrix<double> inputGradient)
+    {
+        BatchNormCache cache = CheckOutputGradient(outputGradient);
+        Guard.NotNull(inputGradient, nameof(inputGradient));
+        Guard.SameShape(inputGradient, cache.BatchSize, cache.Features, nameof(inputGradient), nameof(outputGradient));
+        BackwardCore(cache, outputGradient, inputGradient);
+    }
+
+    private void CheckInput(Matrix<double> input)
+    {
+        Guard.NotNull(input, nameof(input));
+        Guard.Columns(input, Features, nameof(input));
+        if (IsTraining && input.RowCount < 2)
+        {
+            throw new ArgumentException(
+                string.Create(CultureInfo.InvariantCulture, $"Training needs at least 2 rows to estimate a variance, but input is {Guard.Shape(input)}. Set IsTraining = false to normalize single rows with the running statistics."),
+                nameof(input));
+        }
+    }
+
+    private BatchNormCache CheckOutputGradient(Matrix<double> outputGradient)
+    {
+        BatchNormCache cache = _cache ?? throw new InvalidOperationException("Backward needs the cache of a Forward; call Forward first.");
+        Guard.NotNull(outputGradient, nameof(outputGradient));
+        Guard.SameShape(outputGradient, cache.BatchSize, cache.Features, nameof(outputGradient), "the last Forward's input");
+        return cache;
+    }
+
+    private void ForwardCore(Matrix<double> input, Matrix<double> output)
+    {
+        int n = input.RowCount;
+        Matrix<double> x = DenseColumns.AsDense(input, ref _inputScratch);
+        bool training = IsTraining;
+        if (training)
+        {
+            ComputeBatchStatistics(x);
+        }
+
+        // Nothing has been written yet; from here on the step cannot fail.
+        BatchNormCache cache = _cache is { } c && c.BatchSize == n ? c : new BatchNormCache(n, Features);
+        cache.IsTraining = training;
+        cache.Epsilon = Epsilon;
+        ReadOnlySpan<double> mean = training ? _batchMean : DenseColumns.Data(RunningMean);
+        ReadOnlySpan<double> variance = training ? _batchVariance : DenseColumns.Data(RunningVariance);
+        mean.CopyTo(cache.WritableMean);
+        variance.CopyTo(cache.WritableVariance);
+
+        Matrix<double> y = DenseColumns.DenseTarget(output, ref _outputScratch);
+        Span<double> inverseStd = cache.WritableInverseStd;
+        Span<double> xHat = DenseColumns.Data(cache.NormalizedMatrix);
+        Span<double> gamma = DenseColumns.Data(Gamma), beta = DenseColumns.Data(Beta);
+        for (int j = 0; j < Features; j++)
+        {
+            inverseStd[j] = 1.0 / Math.Sqrt(variance[j] + Epsilon);
+            ColumnKernels.Normalize(
+                DenseColumns.Column(x, j), mean[j], inverseStd[j], gamma[j], beta[j], xHat.Slice(j * n, n), DenseColumns.Column(y, j));
+        }
+
+        DenseColumns.CopyBack(y, output);
+        _cache = cache;
+        if (training)
+        {
+            UpdateRunningStatistics(n);
+        }
+    }
+
+    /// <summary>Fills the batch mean and biased variance, throwing for the first column whose statistics are not finite.</summary>
+    private void ComputeBatchStatistics(Matrix<double> x)
+    {
+        int n = x.RowCount;
+        for (int j = 0; j < Features; j++)
+        {
+            ColumnKernels.Moments(DenseColumns.Column(x, j), out _batchMean[j], out _batchVariance[j]);
+        }
+
+        for (int j = 0; j < Features; j++)
+        {
+            if (!double.IsFinite(_batchMean[j]) || !double.IsFinite(_batchVariance[j] * n / (n - 1)))
+            {
+                throw Guard.NotFinite("input", j, "cannot be normalized");
+            }
+        }
+    }
+
+    private void UpdateRunningStatistics(int n)
+    {
+        BatchesTracked++;
+        double m = Momentum ?? 1.0 / BatchesTracked;
+        double bessel = (double)n / (n - 1);
+        Span<double> runningMean = DenseColumns.Data(RunningMean), runningVariance = DenseColumns.Data(RunningVariance);
+        for (int j = 0; j < Features; j++)
+        {
+            runningMean[j] = ((1 - m) * runningMean[j]) + (m * _batchMean[j]);
+            runningVariance[j] = ((1 - m) * runningVariance[j]) + (m * _batchVariance[j] * bessel);
+        }
+    }
+
+    private void BackwardCore(BatchNormCache cache, Matrix<double> outputGradient, Matrix<double> inputGradient)
+    {
+        Matrix<double> dy = DenseColumns.AsDense(outputGradient, ref _outputGradientScratch);
+        Matrix<double> dx = DenseColumns.DenseTarget(inputGradient, ref _inputGradientScratch);
+        _backwardStrategy.BackwardChecked(cache, Gamma, dy, dx, _gammaGradientScratch, _betaGradientScratch);
+
+        // dβ = Σdy and dγ = Σdy·x̂ are finite exactly when the column of dy is finite and its sums do not overflow.
+        Span<double> dGamma = DenseColumns.Data(_gammaGradientScratch), dBeta = DenseColumns.Data(_betaGradientScratch);
+        for (int j = 0; j < Features; j++)
+        {
+            if (!double.IsFinite(dBeta[j]) || !double.IsFinite(dGamma[j]))
+            {
+                throw Guard.NotFinite("outputGradient", j, "cannot be back-propagated");
+            }
+        }
+
+        DenseColumns.CopyBack(dx, inputGradient);
+        _gammaGradientScratch.CopyTo(GammaGradient);
+        _betaGradientScratch.CopyTo(BetaGradient);
+    }
+}

@@ -1,0 +1,330 @@
+using System;
+using MathNet.Numerics.LinearAlgebra;
+using MathNet.Numerics.Statistics;
+
+namespace BatchNorm;
+
+/// <summary>
+/// Numerical gradients by central differences, and the relative error CS231n uses to compare them with
+/// analytic ones. Works on any layer: pass a function that runs the forward pass and returns a scalar loss.
+/// </summary>
+/// <remarks>
+/// A typical check uses the loss L = Σᵢⱼ yᵢⱼ·gᵢⱼ for a fixed, non-uniform upstream gradient g, so that the
+/// analytic dL/dx is exactly what Backward(g) returns. Relative errors below about 1e-7 mean the analytic
+/// gradient is right; above 1e-3 it is almost certainly wrong.
+/// </remarks>
+public static class GradientCheck
+{
+    /// <summary>The default step h of the central difference.</summary>
+    public const double DefaultStep = 1e-5;
+
+    /// <summary>
+    /// Effectively computes g[i,j] = (f(x + h·eᵢⱼ) − f(x − h·eᵢⱼ)) / (2h) for every element of <paramref name="x"/>.
+    /// </summary>
+    /// <param name="f">The scalar function; it is called with <paramref name="x"/> itself, perturbed in one element.</param>
+    /// <param name="x">The point. Each element is changed in place while it is probed and restored afterwards.</param>
+    /// <param name="step">h, positive and finite.</param>
+    /// <returns>A new matrix of the shape of <paramref name="x"/>.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="f"/> or <paramref name="x"/> is null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="step"/> is not positive and finite.</exception>
+    /// <remarks>Calls <paramref name="f"/> twice per element. Not thread-safe with respect to <paramref name="x"/>.</remarks>
+    public static Matrix<double> NumericalGradient(Func<Matrix<double>, double> f, Matrix<double> x, double step = DefaultStep)
+    {
+        Guard.NotNull(f, nameof(f));
+        Guard.NotNull(x, nameof(x));
+        CheckStep(step);
+        Matrix<double> gradient = Matrix<double>.Build.Dense(x.RowCount, x.ColumnCount);
+        for (int j = 0; j < x.ColumnCount; j++)
+        {
+            for (int i = 0; i < x.RowCount; i++)
+            {
+                int row = i, column = j;
+                gradient[i, j] = CentralDifference(() => f(x), () => x[row, column], v => x[row, column] = v, step);
+            }
+        }
+
+        return gradient;
+    }
+
+    /// <summary>
+    /// Effectively computes g[i] = (f(x + h·eᵢ) − f(x − h·eᵢ)) / (2h) for every element of <paramref name="x"/>.
+    /// </summary>
+    /// <param name="f">The scalar function; it is called with <paramref name="x"/> itself, perturbed in one element.</param>
+    /// <param name="x">The point, for example a layer's γ. Each element is changed in place while probed and restored afterwards.</param>
+    /// <param name="step">h, positive and finite.</param>
+    /// <returns>A new vector of the length of <paramref name="x"/>.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="f"/> or <paramref name="x"/> is null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="step"/> is not positive and finite.</exception>
+    public static Vector<double> NumericalGradient(Func<Vector<double>, double> f, Vector<double> x, double step = DefaultStep)
+    {
+        Guard.NotNull(f, nameof(f));
+        Guard.NotNull(x, nameof(x));
+        CheckStep(step);
+        Vector<double> gradient = Vector<double>.Build.Dense(x.Count);
+        for (int i = 0; i < x.Count; i++)
+        {
+            int index = i;
+            gradient[i] = CentralDifference(() => f(x), () => x[index], v => x[index] = v, step);
+        }
+
+        return gradient;
+    }
+
+    /// <summary>
+    /// The numerical gradient of a matrix-valued layer function contracted with an upstream gradient:
+    /// effectively g[i,j] = Σₖ dyₖ·(f(x + h·eᵢⱼ)ₖ − f(x − h·eᵢⱼ)ₖ) / (2h), as CS231n's <c>eval_numerical_gradient_array</c>.
+    /// </summary>
+    /// <param name="f">The layer function, for example a Forward; it is called with <paramref name="x"/> itself, perturbed in one element.</param>
+    /// <param name="x">The point. Each element is changed in place while it is probed and restored afterwards.</param>
+    /// <param name="outputGradient">dy, the shape of f's result.</param>
+    /// <param name="step">h, positive and finite.</param>
+    /// <returns>A new matrix of the shape of <paramref name="x"/>: dL/dx for L = Σ f(x)·dy.</returns>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="step"/> is not positive and finite.</exception>
+    /// <exception cref="ArgumentException">f returns a matrix of another shape than <paramref name="outputGradient"/>.</exception>
+    /// <remarks>
+    /// More accurate than differencing the scalar loss: outputs that the probe leaves unchanged cancel exactly,
+    /// instead of adding the rounding error of a large sum to a small difference.
+    /// </remarks>
+    public static Matrix<double> NumericalGradient(Func<Matrix<double>, Matrix<double>> f, Matrix<double> x, Matrix<double> outputGradient, double step = DefaultStep)
+    {
+        Guard.NotNull(f, nameof(f));
+        Guard.NotNull(x, nameof(x));
+        Guard.NotNull(outputGradient, nameof(outputGradient));
+        CheckStep(step);
+        Matrix<double> gradient = Matrix<double>.Build.Dense(x.RowCount, x.ColumnCount);
+        for (int j = 0; j < x.ColumnCount; j++)
+        {
+            for (int i = 0; i < x.RowCount; i++)
+            {
+                int row = i, column = j;
+                gradient[i, j] = CentralDifference(() => f(x), () => x[row, column], v => x[row, column] = v, step, outputGradient);
+            }
+        }
+
+        return gradient;
+    }
+
+    /// <summary>
+    /// The numerical gradient of a matrix-valued function of a vector (such as a layer's γ) contracted with an
+    /// upstream gradient: g[i] = Σₖ dyₖ·(f(x + h·eᵢ)ₖ − f(x − h·eᵢ)ₖ) / (2h).
+    /// </summary>
+    /// <param name="f">The layer function; it is called with <paramref name="x"/> itself, perturbed in one element.</param>
+    /// <param name="x">The point, for example a layer's γ. Each element is changed in place while probed and restored afterwards.</param>
+    /// <param name="outputGradient">dy, the shape of f's result.</param>
+    /// <param name="step">h, positive and finite.</param>
+    /// <returns>A new vector of the length of <paramref name="x"/>.</returns>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="step"/> is not positive and finite.</exception>
+    /// <exception cref="ArgumentException">f returns a matrix of another shape than <paramref name="outputGradient"/>.</exception>
+    public static Vector<double> NumericalGradient(Func<Vector<double>, Matrix<double>> f, Vector<double> x, Matrix<double> outputGradient, double step = DefaultStep)
+    {
+        Guard.NotNull(f, nameof(f));
+        Guard.NotNull(x, nameof(x));
+        Guard.NotNull(outputGradient, nameof(outputGradient));
+        CheckStep(step);
+        Vector<double> gradient = Vector<double>.Build.Dense(x.Count);
+        for (int i = 0; i < x.Count; i++)
+        {
+            int index = i;
+            gradient[i] = CentralDifference(() => f(x), () => x[index], v => x[index] = v, step, outputGradient);
+        }
+
+        return gradient;
+    }
+
+    /// <summary>
+    /// The largest element-wise relative error, max |a − b| / max(1e-8, |a| + |b|), as in CS231n's <c>rel_error</c>.
+    /// </summary>
+    /// <param name="analytic">One gradient, for example from Backward.</param>
+    /// <param name="numerical">The other, for example from <see cref="NumericalGradient(Func{Matrix{double}, double}, Matrix{double}, double)"/>.</param>
+    /// <returns>0 for identical matrices; NaN if either holds NaN.</returns>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    /// <exception cref="ArgumentException">The shapes differ.</exception>
+    public static double RelativeError(Matrix<double> analytic, Matrix<double> numerical)
+    {
+        Guard.NotNull(analytic, nameof(analytic));
+        Guard.NotNull(numerical, nameof(numerical));
+        Guard.SameShape(numerical, analytic.RowCount, analytic.ColumnCount, nameof(numerical), nameof(analytic));
+        double worst = 0;
+        for (int j = 0; j < analytic.ColumnCount; j++)
+        {
+            for (int i = 0; i < analytic.RowCount; i++)
+            {
+                worst = Worse(worst, RelativeError(analytic[i, j], numerical[i, j]));
+            }
+        }
+
+        return worst;
+    }
+
+    /// <summary>The largest element-wise relative error of two vectors; see <see cref="RelativeError(Matrix{double}, Matrix{double})"/>.</summary>
+    /// <param name="analytic">One gradient.</param>
+    /// <param name="numerical">The other.</param>
+    /// <returns>0 for identical vectors; NaN if either holds NaN.</returns>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    /// <exception cref="ArgumentException">The lengths differ.</exception>
+    public static double RelativeError(Vector<double> analytic, Vector<double> numerical)
+    {
+        Guard.NotNull(analytic, nameof(analytic));
+        Guard.NotNull(numerical, nameof(numerical));
+        Guard.Length(numerical, analytic.Count, nameof(numerical));
+        double worst = 0;
+        for (int i = 0; i < analytic.Count; i++)
+        {
+            worst = Worse(worst, RelativeError(analytic[i], numerical[i]));
+        }
+
+        return worst;
+    }
+
+    /// <summary>The relative error of two numbers, |a − b| / max(1e-8, |a| + |b|).</summary>
+    /// <param name="analytic">One value.</param>
+    /// <param name="numerical">The other.</param>
+    /// <returns>A value in [0, 1], or NaN if either is NaN.</returns>
+    public static double RelativeError(double analytic, double numerical)
+        => Math.Abs(analytic - numerical) / Math.Max(1e-8, Math.Abs(analytic) + Math.Abs(numerical));
+
+    /// <summary>
+    /// Checks a <see cref="BatchNormLayer"/>'s Backward against fourth-order central differences of L = Σ y·g, with its
+    /// current <see cref="BatchNormLayer.IsTraining"/> and <see cref="BatchNormLayer.BackwardStrategy"/>.
+    /// </summary>
+    /// <param name="layer">The layer. Its running statistics and batch count are restored afterwards; the cache and gradients hold the last analytic step.</param>
+    /// <param name="input">x, N×D.</param>
+    /// <param name="outputGradient">g = dL/dy, N×D; choose it non-uniform, since Σx̂ = 0 lets a uniform one pass trivially.</param>
+    /// <param name="relativeStep">
+    /// The step as a fraction of the scale of what is probed: each element of column j of x moves by
+    /// relativeStep·σⱼ (σⱼ the column's standard deviation, or 1 if it is constant), and each γ or β by
+    /// relativeStep·max(1, |value|). Batch norm is invariant to each column's offset and scale, so a step
+    /// relative to the spread keeps the difference quotient equally accurate for every column.
+    /// </param>
+    /// <returns>The relative errors of dL/dx, dL/dγ and dL/dβ.</returns>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="relativeStep"/> is not positive and finite.</exception>
+    /// <exception cref="ArgumentException">A shape does not fit the layer, as Forward and Backward would report.</exception>
+    public static GradientCheckResult Check(BatchNormLayer layer, Matrix<double> input, Matrix<double> outputGradient, double relativeStep = 1e-3)
+    {
+        Guard.NotNull(layer, nameof(layer));
+        Guard.NotNull(input, nameof(input));
+        Guard.NotNull(outputGradient, nameof(outputGradient));
+        CheckStep(relativeStep);
+        Vector<double> runningMean = layer.RunningMean.Clone(), runningVariance = layer.RunningVariance.Clone();
+        long batches = layer.BatchesTracked;
+        try
+        {
+            Matrix<double> probe = input.Clone();
+            Matrix<double> numericalInput = Matrix<double>.Build.Dense(input.RowCount, input.ColumnCount);
+            for (int j = 0; j < input.ColumnCount; j++)
+            {
+                double spread = Math.Sqrt(input.Column(j).PopulationVariance());
+                double step = relativeStep * (spread > 0 ? spread : 1);
+                for (int i = 0; i < input.RowCount; i++)
+                {
+                    int row = i, column = j;
+                    numericalInput[i, j] = FourthOrderDifference(() => layer.Forward(probe), () => probe[row, column], v => probe[row, column] = v, step, outputGradient);
+                }
+            }
+
+            Vector<double> numericalGamma = ParameterGradient(layer, layer.Gamma, input, outputGradient, relativeStep);
+            Vector<double> numericalBeta = ParameterGradient(layer, layer.Beta, input, outputGradient, relativeStep);
+            layer.Forward(input);
+            Matrix<double> analyticInput = layer.Backward(outputGradient);
+            return new GradientCheckResult(
+                RelativeError(analyticInput, numericalInput),
+                RelativeError(layer.GammaGradient, numericalGamma),
+                RelativeError(layer.BetaGradient, numericalBeta));
+        }
+        finally
+        {
+            runningMean.CopyTo(layer.RunningMean);
+            runningVariance.CopyTo(layer.RunningVariance);
+            layer.RestoreBatchesTracked(batches);
+        }
+    }
+
+    private static Vector<double> ParameterGradient(BatchNormLayer layer, Vector<double> parameter, Matrix<double> input, Matrix<double> outputGradient, double relativeStep)
+    {
+        Vector<double> gradient = Vector<double>.Build.Dense(parameter.Count);
+        for (int i = 0; i < parameter.Count; i++)
+        {
+            int index = i;
+            double step = relativeStep * Math.Max(1, Math.Abs(parameter[i]));
+            gradient[i] = FourthOrderDifference(() => layer.Forward(input), () => parameter[index], v => parameter[index] = v, step, outputGradient);
+        }
+
+        return gradient;
+    }
+
+    private static double CentralDifference(Func<double> f, Func<double> get, Action<double> set, double step)
+    {
+        // x ± h are rounded to doubles; divide by the distance between the points actually probed.
+        double old = get(), up = old + step, down = old - step;
+        set(up);
+        double plus = f();
+        set(down);
+        double minus = f();
+        set(old);
+        return (plus - minus) / (up - down);
+    }
+
+    private static double CentralDifference(Func<Matrix<double>> f, Func<double> get, Action<double> set, double step, Matrix<double> outputGradient)
+    {
+        double old = get(), up = old + step, down = old - step;
+        double difference = ProbeDifference(f, set, up, down, outputGradient);
+        set(old);
+        return difference / (up - down);
+    }
+
+    /// <summary>
+    /// The fourth-order central difference [8·(f(x+h) − f(x−h)) − (f(x+2h) − f(x−2h))] / (12h): its truncation
+    /// error is O(h⁴) rather than O(h²), so elements of the gradient far smaller than their neighbours stay accurate.
+    /// </summary>
+    private static double FourthOrderDifference(Func<Matrix<double>> f, Func<double> get, Action<double> set, double step, Matrix<double> outputGradient)
+    {
+        double old = get();
+        double near = ProbeDifference(f, set, old + step, old - step, outputGradient);
+        double far = ProbeDifference(f, set, old + (2 * step), old - (2 * step), outputGradient);
+        set(old);
+        return ((8 * near) - far) / (12 * step);
+    }
+
+    /// <summary>Σₖ dyₖ·(f at up − f at down)ₖ, element by element so that unchanged outputs cancel exactly.</summary>
+    private static double ProbeDifference(Func<Matrix<double>> f, Action<double> set, double up, double down, Matrix<double> outputGradient)
+    {
+        set(up);
+        Matrix<double> plus = f().Clone();
+        set(down);
+        Matrix<double> minus = f();
+        Guard.SameShape(plus, outputGradient.RowCount, outputGradient.ColumnCount, "f(x)", nameof(outputGradient));
+        double sum = 0;
+        for (int j = 0; j < plus.ColumnCount; j++)
+        {
+            for (int i = 0; i < plus.RowCount; i++)
+            {
+                sum += outputGradient[i, j] * (plus[i, j] - minus[i, j]);
+            }
+        }
+
+        return sum;
+    }
+
+    private static double Worse(double worst, double error) => double.IsNaN(error) || error > worst ? error : worst;
+
+    private static void CheckStep(double step)
+    {
+        if (!(step > 0) || double.IsInfinity(step))
+        {
+            throw new ArgumentOutOfRangeException(nameof(step), step, "The step must be positive and finite.");
+        }
+    }
+}
+
+/// <summary>The relative errors of one gradient check, as defined by <see cref="GradientCheck.RelativeError(double, double)"/>.</summary>
+/// <param name="Input">The error of dL/dx.</param>
+/// <param name="Gamma">The error of dL/dγ.</param>
+/// <param name="Beta">The error of dL/dβ.</param>
+public readonly record struct GradientCheckResult(double Input, double Gamma, double Beta)
+{
+    /// <summary>Gets the largest of the three errors.</summary>
+    public double Max => Math.Max(Input, Math.Max(Gamma, Beta));
+}

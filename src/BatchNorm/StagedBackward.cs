@@ -1,0 +1,109 @@
+using System;
+using MathNet.Numerics.LinearAlgebra;
+
+namespace BatchNorm;
+
+/// <summary>
+/// The staged backward pass: one stage per node of the computational graph, undoing the forward pass
+/// in reverse. It is the teaching path; docs/derivation.md derives each line.
+/// </summary>
+/// <remarks>
+/// The forward graph, per feature, with N rows:
+/// <code>
+/// μ   = (1/N)·Σᵢ xᵢ
+/// σ²  = (1/N)·Σᵢ (xᵢ − μ)²
+/// x̂ᵢ  = (xᵢ − μ)·(σ² + ε)^(−½)
+/// yᵢ  = γ·x̂ᵢ + β
+/// </code>
+/// Wherever a value feeds several nodes (γ, β, μ and σ² feed every row; each xᵢ feeds x̂ᵢ, μ and σ²),
+/// the contributions from each path are added; every such sum is written out with <c>+=</c>.
+/// </remarks>
+internal sealed class StagedBackward : BackwardStrategy
+{
+    public override string Name => "staged";
+
+    protected override void BackwardCore(
+        BatchNormCache cache,
+        Vector<double> gamma,
+        Matrix<double> outputGradient,
+        Matrix<double> inputGradient,
+        Vector<double> gammaGradient,
+        Vector<double> betaGradient)
+    {
+        int n = cache.BatchSize;
+        for (int j = 0; j < cache.Features; j++)
+        {
+            ReadOnlySpan<double> dy = DenseColumns.Column(outputGradient, j);
+            ReadOnlySpan<double> xHat = cache.NormalizedColumn(j);
+            Span<double> dx = DenseColumns.Column(inputGradient, j);
+            double inverseStd = cache.InverseStandardDeviation[j];
+            double std = 1.0 / inverseStd;
+
+            // Node y = γ·x̂ + β. γ and β feed every row, so their gradients sum over the rows.
+            double dBeta = 0, dGamma = 0;
+            for (int i = 0; i < n; i++)
+            {
+                dBeta += dy[i];
+                dGamma += dy[i] * xHat[i];
+            }
+
+            betaGradient[j] = dBeta;
+            gammaGradient[j] = dGamma;
+
+            // dL/dx̂ᵢ = dyᵢ·γ. It is kept in dx, which the last stage overwrites element by element.
+            // (dy has been read in full above, so dx may be the same memory as dy.)
+            Span<double> dXHat = dx;
+            for (int i = 0; i < n; i++)
+            {
+                dXHat[i] = dy[i] * gamma[j];
+            }
+
+            if (!cache.IsTraining)
+            {
+                // Inference Forward: μ and σ² were the running statistics, constants here,
+                // so x̂ᵢ = (xᵢ − μ)·(σ² + ε)^(−½) is the only path from xᵢ to the loss.
+                for (int i = 0; i < n; i++)
+                {
+                    dx[i] = dXHat[i] * inverseStd;
+                }
+
+                continue;
+            }
+
+            // Node x̂ᵢ = (xᵢ − μ)·(σ² + ε)^(−½). σ² feeds every x̂ᵢ:
+            // dσ² = Σᵢ dx̂ᵢ·(xᵢ − μ)·(−½)·(σ² + ε)^(−3/2), where xᵢ − μ = x̂ᵢ·√(σ² + ε).
+            double dVariance = 0;
+            for (int i = 0; i < n; i++)
+            {
+                double centered = xHat[i] * std;
+                dVariance += dXHat[i] * centered * -0.5 * inverseStd * inverseStd * inverseStd;
+            }
+
+            // μ feeds every x̂ᵢ directly and also σ² = (1/N)·Σᵢ (xᵢ − μ)²: both paths add to dμ.
+            double dMean = 0;
+            for (int i = 0; i < n; i++)
+            {
+                dMean += dXHat[i] * -inverseStd;
+            }
+
+            double sumCentered = 0;
+            for (int i = 0; i < n; i++)
+            {
+                sumCentered += xHat[i] * std;
+            }
+
+            // The σ² path carries Σᵢ (xᵢ − μ), which is zero in exact arithmetic; it is kept to show the fan-out.
+            dMean += dVariance * (-2.0 / n) * sumCentered;
+
+            // Each xᵢ feeds x̂ᵢ, σ² and μ: three contributions.
+            for (int i = 0; i < n; i++)
+            {
+                double centered = xHat[i] * std;
+                double dxi = dXHat[i] * inverseStd;        // through x̂ᵢ
+                dxi += dVariance * 2.0 * centered / n;     // through σ²
+                dxi += dMean / n;                          // through μ
+                dx[i] = dxi;
+            }
+        }
+    }
+}
