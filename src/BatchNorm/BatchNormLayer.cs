@@ -32,6 +32,7 @@ public sealed class BatchNormLayer
     private BackwardStrategy _backwardStrategy;
     private BatchNormCache? _cache;
     private readonly double[] _batchMean;
+    private readonly double[] _batchMeanCorrection;
     private readonly double[] _batchVariance;
     private readonly Vector<double> _gammaGradientScratch;
     private readonly Vector<double> _betaGradientScratch;
@@ -78,6 +79,7 @@ public sealed class BatchNormLayer
         _gammaGradientScratch = Vector<double>.Build.Dense(features);
         _betaGradientScratch = Vector<double>.Build.Dense(features);
         _batchMean = new double[features];
+        _batchMeanCorrection = new double[features];
         _batchVariance = new double[features];
         ResetParameters();
         ResetRunningStatistics();
@@ -244,9 +246,10 @@ public sealed class BatchNormLayer
         BatchNormCache cache = _cache is { } c && c.BatchSize == n ? c : new BatchNormCache(n, Features);
         cache.IsTraining = training;
         cache.Epsilon = Epsilon;
+        // In training the mean is kept in two parts (see ColumnKernels.Moments); the running mean is one double.
         ReadOnlySpan<double> mean = training ? _batchMean : DenseColumns.Data(RunningMean);
         ReadOnlySpan<double> variance = training ? _batchVariance : DenseColumns.Data(RunningVariance);
-        mean.CopyTo(cache.WritableMean);
+        Span<double> cacheMean = cache.WritableMean;
         variance.CopyTo(cache.WritableVariance);
 
         Matrix<double> y = DenseColumns.DenseTarget(output, ref _outputScratch);
@@ -255,9 +258,11 @@ public sealed class BatchNormLayer
         Span<double> gamma = DenseColumns.Data(Gamma), beta = DenseColumns.Data(Beta);
         for (int j = 0; j < Features; j++)
         {
+            double correction = training ? _batchMeanCorrection[j] : 0;
+            cacheMean[j] = mean[j] + correction;
             inverseStd[j] = 1.0 / Math.Sqrt(variance[j] + Epsilon);
             ColumnKernels.Normalize(
-                DenseColumns.Column(x, j), mean[j], inverseStd[j], gamma[j], beta[j], xHat.Slice(j * n, n), DenseColumns.Column(y, j));
+                DenseColumns.Column(x, j), mean[j], correction, inverseStd[j], gamma[j], beta[j], xHat.Slice(j * n, n), DenseColumns.Column(y, j));
         }
 
         DenseColumns.CopyBack(y, output);
@@ -271,15 +276,14 @@ public sealed class BatchNormLayer
     /// <summary>Fills the batch mean and biased variance, throwing for the first column whose statistics are not finite.</summary>
     private void ComputeBatchStatistics(Matrix<double> x)
     {
-        int n = x.RowCount;
         for (int j = 0; j < Features; j++)
         {
-            ColumnKernels.Moments(DenseColumns.Column(x, j), out _batchMean[j], out _batchVariance[j]);
+            ColumnKernels.Moments(DenseColumns.Column(x, j), out _batchMean[j], out _batchMeanCorrection[j], out _batchVariance[j]);
         }
 
         for (int j = 0; j < Features; j++)
         {
-            if (!double.IsFinite(_batchMean[j]) || !double.IsFinite(_batchVariance[j] * n / (n - 1)))
+            if (!double.IsFinite(_batchMean[j] + _batchMeanCorrection[j]) || !double.IsFinite(_batchVariance[j]))
             {
                 throw Guard.NotFinite("input", j, "cannot be normalized");
             }
@@ -294,7 +298,7 @@ public sealed class BatchNormLayer
         Span<double> runningMean = DenseColumns.Data(RunningMean), runningVariance = DenseColumns.Data(RunningVariance);
         for (int j = 0; j < Features; j++)
         {
-            runningMean[j] = ((1 - m) * runningMean[j]) + (m * _batchMean[j]);
+            runningMean[j] = ((1 - m) * runningMean[j]) + (m * (_batchMean[j] + _batchMeanCorrection[j]));
             runningVariance[j] = ((1 - m) * runningVariance[j]) + (m * _batchVariance[j] * bessel);
         }
     }

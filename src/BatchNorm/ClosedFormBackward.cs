@@ -8,8 +8,15 @@ namespace BatchNorm;
 /// After an inference Forward it is the frozen-statistics gradient dx = dy·γ·istd.
 /// </summary>
 /// <remarks>
+/// <para>
+/// With two rows x̂ = ±√(1 − δ), δ = ε/(σ² + ε), and the bracket reduces to (1 − x̂²)·(dy₁ − dy₂)/2 = δ·(dy₁ − dy₂)/2.
+/// Evaluating 1 − x̂² would cancel about log₁₀(1/δ) digits, so two-row batches use dx₁ = −dx₂ = γ·istd·δ·(dy₁ − dy₂)/2
+/// with δ = ε·istd², which keeps full precision.
+/// </para>
+/// <para>
 /// Two passes over each column: one fused reduction for Σdy and Σdy·x̂ (which are also dβ and dγ), then one
 /// fused map for dx. The derivation is in docs/derivation.md.
+/// </para>
 /// </remarks>
 internal sealed class ClosedFormBackward : BackwardStrategy
 {
@@ -36,7 +43,14 @@ internal sealed class ClosedFormBackward : BackwardStrategy
             dBeta[j] = sumDy;
             dGamma[j] = sumDyXHat;
             double scale = g[j] * cache.InverseStandardDeviation[j];
-            if (cache.IsTraining)
+            if (cache.IsTraining && n == 2)
+            {
+                double inverseStd = cache.InverseStandardDeviation[j];
+                double delta = cache.Epsilon * inverseStd * inverseStd;
+                dx[0] = scale * delta * ((dy[0] - dy[1]) / 2);
+                dx[1] = -dx[0];
+            }
+            else if (cache.IsTraining)
             {
                 ColumnKernels.ClosedFormInputGradient(dy, xHat, sumDy / n, sumDyXHat / n, scale, dx);
             }

@@ -16,30 +16,33 @@ internal static class ColumnKernels
 
     /// <summary>
     /// Effectively computes the mean μ = (1/n)·Σ x[i] and the biased variance σ² = (1/n)·Σ (x[i] − μ)².
+    /// The mean comes in two parts, μ = <paramref name="mean"/> + <paramref name="meanCorrection"/>, so that
+    /// x − μ can be formed as (x − mean) − meanCorrection without losing the digits that a rounded μ would.
     /// </summary>
     /// <remarks>
-    /// Two passes: the mean of x − x[0] (exact cancellation when values sit far from zero), then the
-    /// corrected two-pass formula σ² = (Σd² − (Σd)²/n)/n with d = x − μ, which removes the error left in μ.
-    /// Never E[x²] − E[x]². NaN or infinity in x gives a non-finite μ or σ².
+    /// Two passes: the mean of x − x[0] (exact differences when values sit far from zero, by Sterbenz's lemma),
+    /// then d = x − mean, whose average is the correction and whose corrected sum of squares
+    /// Σd² − (Σd)²/n gives σ². Never E[x²] − E[x]². NaN or infinity in x gives a non-finite result.
     /// </remarks>
-    public static void Moments(ReadOnlySpan<double> x, out double mean, out double variance)
+    public static void Moments(ReadOnlySpan<double> x, out double mean, out double meanCorrection, out double variance)
     {
         int n = x.Length;
         double shift = x[0];
         (double shiftedSum, _) = Reduce(x, x, new CenteredSums(shift));
         mean = shift + (shiftedSum / n);
         (double sum, double sumOfSquares) = Reduce(x, x, new CenteredSums(mean));
-        variance = Math.Max(0.0, (sumOfSquares - (sum * sum / n)) / n);
+        meanCorrection = sum / n;
+        variance = Math.Max(0.0, (sumOfSquares - (sum * meanCorrection)) / n);
     }
 
     /// <summary>Effectively computes (Σ dy[i], Σ dy[i]·x̂[i]).</summary>
     public static (double SumDy, double SumDyXHat) SumAndDot(ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat)
         => Reduce(dy, xHat, default(SumAndDotOp));
 
-    /// <summary>Effectively computes x̂[i] = (x[i] − mean)·inverseStd and y[i] = γ·x̂[i] + β.</summary>
+    /// <summary>Effectively computes x̂[i] = ((x[i] − mean) − meanCorrection)·inverseStd and y[i] = γ·x̂[i] + β.</summary>
     /// <remarks><paramref name="y"/> may be the same memory as <paramref name="x"/>.</remarks>
-    public static void Normalize(ReadOnlySpan<double> x, double mean, double inverseStd, double gamma, double beta, Span<double> xHat, Span<double> y)
-        => Map(x, x, xHat, y, new NormalizeOp(mean, inverseStd, gamma, beta));
+    public static void Normalize(ReadOnlySpan<double> x, double mean, double meanCorrection, double inverseStd, double gamma, double beta, Span<double> xHat, Span<double> y)
+        => Map(x, x, xHat, y, new NormalizeOp(mean, meanCorrection, inverseStd, gamma, beta));
 
     /// <summary>Effectively computes dx[i] = scale·(dy[i] − meanDy − x̂[i]·meanDyXHat).</summary>
     public static void ClosedFormInputGradient(ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, double meanDy, double meanDyXHat, double scale, Span<double> dx)
@@ -181,9 +184,10 @@ internal static class ColumnKernels
         public double Second(double a, double b) => a * b;
     }
 
-    private readonly struct NormalizeOp(double mean, double inverseStd, double gamma, double beta) : IMapOp
+    private readonly struct NormalizeOp(double mean, double meanCorrection, double inverseStd, double gamma, double beta) : IMapOp
     {
         private readonly Vector<double> _mean = new(mean);
+        private readonly Vector<double> _meanCorrection = new(meanCorrection);
         private readonly Vector<double> _inverseStd = new(inverseStd);
         private readonly Vector<double> _gamma = new(gamma);
         private readonly Vector<double> _beta = new(beta);
@@ -192,13 +196,13 @@ internal static class ColumnKernels
 
         public void Apply(Vector<double> a, Vector<double> b, out Vector<double> first, out Vector<double> second)
         {
-            first = (a - _mean) * _inverseStd;
+            first = (a - _mean - _meanCorrection) * _inverseStd;
             second = (first * _gamma) + _beta;
         }
 
         public void Apply(double a, double b, out double first, out double second)
         {
-            first = (a - mean) * inverseStd;
+            first = (a - mean - meanCorrection) * inverseStd;
             second = (first * gamma) + beta;
         }
     }

@@ -119,7 +119,10 @@ internal sealed class ExactColumn
         Y = xHat.Select(v => ((g * v) + Exact.From(beta)).ToDouble()).ToArray();
         Dx = dys.Zip(xHat, (d, h) => (g * inverseStd * (d - meanDy - (h * meanDyXHat))).ToDouble()).ToArray();
         GammaGradient = (meanDyXHat * count).ToDouble();
+        SumAbsDyXHat = dy.Zip(XHat, (a, b) => Math.Abs(a * b)).Sum();
     }
+
+    public double SumAbsDyXHat { get; }
 
     public double Mean { get; }
 
