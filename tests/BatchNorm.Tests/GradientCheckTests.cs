@@ -1,0 +1,108 @@
+using System;
+using System.Linq;
+using MathNet.Numerics.LinearAlgebra;
+
+namespace BatchNorm.Tests;
+
+/// <summary>The public gradient-checking helper, on functions whose gradients are known.</summary>
+public class GradientCheckTests
+{
+    [Fact]
+    public void Numerical_gradient_of_a_scalar_function_of_a_matrix()
+    {
+        // f(X) = Σ sin(x)·x² has gradient cos(x)·x² + 2x·sin(x).
+        var x = Matrix<double>.Build.DenseOfArray(new[,] { { 0.5, -1.25 }, { 2.0, 0.1 }, { -0.75, 1.5 } });
+        Matrix<double> before = x.Clone();
+        Matrix<double> numerical = GradientCheck.NumericalGradient(m => m.Enumerate().Sum(v => Math.Sin(v) * v * v), x);
+        Matrix<double> analytic = x.Map(v => (Math.Cos(v) * v * v) + (2 * v * Math.Sin(v)));
+        Assert.True(GradientCheck.RelativeError(analytic, numerical) < 1e-8);
+        Assert.Equal(before, x);
+    }
+
+    [Fact]
+    public void Numerical_gradient_of_a_scalar_function_of_a_vector()
+    {
+        var x = Vector<double>.Build.DenseOfArray([1.0, -2.0, 0.25]);
+        Vector<double> numerical = GradientCheck.NumericalGradient(v => v[0] * v[1] * v[2], x);
+        Assert.True(GradientCheck.RelativeError(Vector<double>.Build.DenseOfArray([-0.5, 0.25, -2.0]), numerical) < 1e-9);
+        Assert.Equal([1.0, -2.0, 0.25], x.ToArray());
+    }
+
+    [Fact]
+    public void Numerical_gradient_of_a_layer_function_contracted_with_an_upstream_gradient()
+    {
+        // y = tanh(X)·A, L = Σ y⊙G, so dL/dX = (G·Aᵀ)⊙(1 − tanh²(X)).
+        var a = Matrix<double>.Build.DenseOfArray(new[,] { { 1.0, -0.5 }, { 0.25, 2 } });
+        var g = Matrix<double>.Build.DenseOfArray(new[,] { { 0.3, -1 }, { 0.7, 0.2 } });
+        var x = Matrix<double>.Build.DenseOfArray(new[,] { { 0.1, -0.4 }, { 0.9, 0.05 } });
+        Matrix<double> numerical = GradientCheck.NumericalGradient(m => m.Map(Math.Tanh) * a, x, g);
+        Matrix<double> analytic = (g * a.Transpose()).PointwiseMultiply(x.Map(v => 1 - (Math.Tanh(v) * Math.Tanh(v))));
+        Assert.True(GradientCheck.RelativeError(analytic, numerical) < 1e-9);
+
+        var w = Vector<double>.Build.DenseOfArray([0.5, -1.5]);
+        Vector<double> numericalW = GradientCheck.NumericalGradient(v => x.Multiply(Matrix<double>.Build.DiagonalOfDiagonalVector(v)), w, g);
+        Assert.True(GradientCheck.RelativeError(x.PointwiseMultiply(g).ColumnSums(), numericalW) < 1e-9);
+    }
+
+    [Theory]
+    [InlineData(1.0, 1.0, 0.0)]
+    [InlineData(1.0, 3.0, 0.5)]
+    [InlineData(-1.0, 1.0, 1.0)]
+    [InlineData(0.0, 0.0, 0.0)]
+    [InlineData(1e-10, 0.0, 1e-2)]
+    public void Relative_error_is_cs231n_rel_error(double a, double b, double expected)
+        => Assert.Equal(expected, GradientCheck.RelativeError(a, b), 12);
+
+    [Fact]
+    public void Relative_error_takes_the_worst_element_and_keeps_nan()
+    {
+        var a = Vector<double>.Build.DenseOfArray([1.0, 2.0, 3.0]);
+        Assert.Equal(0.5, GradientCheck.RelativeError(a, Vector<double>.Build.DenseOfArray([1.0, 6.0, 3.0])), 12);
+        Assert.True(double.IsNaN(GradientCheck.RelativeError(a, Vector<double>.Build.DenseOfArray([double.NaN, 2.0, 3.0]))));
+        Assert.Throws<ArgumentException>(() => GradientCheck.RelativeError(a, Vector<double>.Build.Dense(2)));
+    }
+
+    [Theory]
+    [InlineData(0.0)]
+    [InlineData(-1e-5)]
+    [InlineData(double.NaN)]
+    public void The_step_must_be_positive(double step)
+    {
+        Assert.Throws<ArgumentOutOfRangeException>(() => GradientCheck.NumericalGradient(m => 0.0, Matrix<double>.Build.Dense(1, 1), step));
+    }
+
+    [Fact]
+    public void Check_catches_a_wrong_strategy_and_restores_the_running_statistics()
+    {
+        var layer = new BatchNormLayer(2, backward: new ForgetsTheMeanPath());
+        var x = Matrix<double>.Build.DenseOfArray(new[,] { { 1.0, 4 }, { 2, -1 }, { 6, 0.5 }, { -3, 2 } });
+        var dy = Matrix<double>.Build.DenseOfArray(new[,] { { 0.1, -1 }, { 0.7, 0.3 }, { -0.2, 0.9 }, { 0.5, -0.4 } });
+        layer.Forward(x);
+        double[] mean = layer.RunningMean.ToArray();
+        GradientCheckResult wrong = GradientCheck.Check(layer, x, dy);
+        Assert.True(wrong.Input > 1e-2, $"the broken strategy gave only {wrong.Input}");
+        Assert.Equal(mean, layer.RunningMean.ToArray());
+        Assert.Equal(1, layer.BatchesTracked);
+
+        layer.BackwardStrategy = BackwardStrategy.ClosedForm;
+        Assert.True(GradientCheck.Check(layer, x, dy).Max < 1e-8);
+    }
+
+    /// <summary>A strategy a student might write: it treats μ and σ² as constants even in training.</summary>
+    private sealed class ForgetsTheMeanPath : BackwardStrategy
+    {
+        public override string Name => "broken";
+
+        protected override void BackwardCore(
+            BatchNormCache cache, Vector<double> gamma, Matrix<double> outputGradient, Matrix<double> inputGradient, Vector<double> gammaGradient, Vector<double> betaGradient)
+        {
+            Matrix<double> xHat = cache.NormalizedInputToMatrix();
+            for (int j = 0; j < cache.Features; j++)
+            {
+                betaGradient[j] = outputGradient.Column(j).Sum();
+                gammaGradient[j] = outputGradient.Column(j).DotProduct(xHat.Column(j));
+                inputGradient.SetColumn(j, outputGradient.Column(j) * (gamma[j] * cache.InverseStandardDeviation[j]));
+            }
+        }
+    }
+}
