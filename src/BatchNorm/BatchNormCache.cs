@@ -14,9 +14,10 @@ namespace BatchNorm;
 /// running variance, and <see cref="IsTraining"/> is false.
 /// </para>
 /// <para>
-/// Everything is read-only from outside. The layer reuses one cache object and its buffers from step to
-/// step while the batch shape stays the same, so the values seen through a cache change with the next
-/// Forward of its layer; copy them (for example with <see cref="NormalizedInputToMatrix"/>) to keep them.
+/// Everything is read-only from outside. While the batch shape stays the same a layer alternates between
+/// two cache objects, writing the next step into the one it is not currently exposing and switching only
+/// once the step has succeeded. So a cache you hold keeps its values through the next Forward and is
+/// overwritten by the one after; copy them (for example with <see cref="NormalizedInputToMatrix"/>) to keep them.
 /// </para>
 /// </remarks>
 public sealed class BatchNormCache
@@ -26,8 +27,9 @@ public sealed class BatchNormCache
     private readonly double[] _variance;
     private readonly double[] _inverseStd;
 
-    internal BatchNormCache(int batchSize, int features)
+    internal BatchNormCache(int batchSize, int features, ColumnRunner runner)
     {
+        Runner = runner;
         _normalized = Matrix<double>.Build.Dense(batchSize, features);
         _mean = new double[features];
         _variance = new double[features];
@@ -64,6 +66,12 @@ public sealed class BatchNormCache
 
     /// <summary>The dense matrix behind x̂; for the built-in strategies, which never write to it.</summary>
     internal Matrix<double> NormalizedMatrix => _normalized;
+
+    /// <summary>The layer's thread splitter, which strategies may use for column-parallel work.</summary>
+    internal ColumnRunner Runner { get; }
+
+    /// <summary>Per-cache scratch state of the closed-form strategy, so that its steps allocate nothing.</summary>
+    internal IColumnWork? StrategyWork { get; set; }
 
     internal Span<double> WritableMean => _mean;
 

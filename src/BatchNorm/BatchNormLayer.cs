@@ -1,5 +1,6 @@
 using System;
 using System.Globalization;
+using System.Threading;
 using MathNet.Numerics.LinearAlgebra;
 
 namespace BatchNorm;
@@ -29,11 +30,11 @@ namespace BatchNorm;
 /// </remarks>
 public sealed class BatchNormLayer
 {
+    private readonly ColumnRunner _runner = new();
+    private readonly ForwardWork _forwardWork;
     private BackwardStrategy _backwardStrategy;
     private BatchNormCache? _cache;
-    private readonly double[] _batchMean;
-    private readonly double[] _batchMeanCorrection;
-    private readonly double[] _batchVariance;
+    private BatchNormCache? _spareCache;
     private readonly Vector<double> _gammaGradientScratch;
     private readonly Vector<double> _betaGradientScratch;
     private Matrix<double>? _inputScratch;
@@ -78,9 +79,7 @@ public sealed class BatchNormLayer
         RunningVariance = Vector<double>.Build.Dense(features);
         _gammaGradientScratch = Vector<double>.Build.Dense(features);
         _betaGradientScratch = Vector<double>.Build.Dense(features);
-        _batchMean = new double[features];
-        _batchMeanCorrection = new double[features];
-        _batchVariance = new double[features];
+        _forwardWork = new ForwardWork(this);
         ResetParameters();
         ResetRunningStatistics();
     }
@@ -127,6 +126,26 @@ public sealed class BatchNormLayer
     /// <summary>Gets the running (unbiased) variance, 1 at start, used by inference Forward.</summary>
     public Vector<double> RunningVariance { get; }
 
+    /// <summary>
+    /// Gets or sets the most threads one Forward or closed-form Backward may use; 1 keeps every step on the
+    /// calling thread. The default is <see cref="Environment.ProcessorCount"/>. Whatever the setting, a batch
+    /// with fewer than 2·32768 elements runs on the calling thread, and no thread gets fewer than 32768.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is less than 1.</exception>
+    public int MaxDegreeOfParallelism
+    {
+        get => _runner.MaxDegreeOfParallelism;
+        set
+        {
+            if (value < 1)
+            {
+                throw new ArgumentOutOfRangeException(nameof(value), value, "At least one thread is needed.");
+            }
+
+            _runner.MaxDegreeOfParallelism = value;
+        }
+    }
+
     /// <summary>Gets the number of training batches folded into the running statistics.</summary>
     public long BatchesTracked { get; private set; }
 
@@ -170,7 +189,8 @@ public sealed class BatchNormLayer
 
     /// <summary>Normalizes a mini-batch into <paramref name="output"/>: y = γ·x̂ + β.</summary>
     /// <param name="input">x, N×D. N ≥ 2 in training; any N ≥ 1 in inference.</param>
-    /// <param name="output">Receives y; N×D. It may be <paramref name="input"/> itself.</param>
+    /// <param name="output">Receives y; N×D. It may be <paramref name="input"/> itself. If a non-finite column makes the
+    /// call throw, the columns before it may already have been written (the layer's own state is untouched).</param>
     /// <exception cref="ArgumentNullException">An argument is null.</exception>
     /// <exception cref="ArgumentException">As for <see cref="Forward(Matrix{double})"/>, or <paramref name="output"/>'s shape differs from <paramref name="input"/>'s.</exception>
     /// <remarks>Allocates nothing when both matrices are dense and the shape is that of the previous Forward.</remarks>
@@ -236,70 +256,41 @@ public sealed class BatchNormLayer
     {
         int n = input.RowCount;
         Matrix<double> x = DenseColumns.AsDense(input, ref _inputScratch);
-        bool training = IsTraining;
-        if (training)
-        {
-            ComputeBatchStatistics(x);
-        }
-
-        // Nothing has been written yet; from here on the step cannot fail.
-        BatchNormCache cache = _cache is { } c && c.BatchSize == n ? c : new BatchNormCache(n, Features);
-        cache.IsTraining = training;
-        cache.Epsilon = Epsilon;
-        // In training the mean is kept in two parts (see ColumnKernels.Moments); the running mean is one double.
-        ReadOnlySpan<double> mean = training ? _batchMean : DenseColumns.Data(RunningMean);
-        ReadOnlySpan<double> variance = training ? _batchVariance : DenseColumns.Data(RunningVariance);
-        Span<double> cacheMean = cache.WritableMean;
-        variance.CopyTo(cache.WritableVariance);
-
         Matrix<double> y = DenseColumns.DenseTarget(output, ref _outputScratch);
-        Span<double> inverseStd = cache.WritableInverseStd;
-        Span<double> xHat = DenseColumns.Data(cache.NormalizedMatrix);
-        Span<double> gamma = DenseColumns.Data(Gamma), beta = DenseColumns.Data(Beta);
-        for (int j = 0; j < Features; j++)
+
+        // The step is written into the spare cache; the current one stays as it was until the step has succeeded.
+        BatchNormCache next = _spareCache is { } spare && spare.BatchSize == n ? spare : new BatchNormCache(n, Features, _runner);
+        next.IsTraining = IsTraining;
+        next.Epsilon = Epsilon;
+        _forwardWork.Start(x, y, next);
+        _runner.Run(_forwardWork, n, Features);
+        int badColumn = _forwardWork.Finish();
+        if (badColumn >= 0)
         {
-            double correction = training ? _batchMeanCorrection[j] : 0;
-            cacheMean[j] = mean[j] + correction;
-            inverseStd[j] = 1.0 / Math.Sqrt(variance[j] + Epsilon);
-            ColumnKernels.Normalize(
-                DenseColumns.Column(x, j), mean[j], correction, inverseStd[j], gamma[j], beta[j], xHat.Slice(j * n, n), DenseColumns.Column(y, j));
+            _spareCache = next;
+            throw Guard.NotFinite(nameof(input), badColumn, "cannot be normalized");
         }
 
         DenseColumns.CopyBack(y, output);
-        _cache = cache;
-        if (training)
+        _spareCache = _cache;
+        _cache = next;
+        if (next.IsTraining)
         {
-            UpdateRunningStatistics(n);
+            UpdateRunningStatistics(next);
         }
     }
 
-    /// <summary>Fills the batch mean and biased variance, throwing for the first column whose statistics are not finite.</summary>
-    private void ComputeBatchStatistics(Matrix<double> x)
-    {
-        for (int j = 0; j < Features; j++)
-        {
-            ColumnKernels.Moments(DenseColumns.Column(x, j), out _batchMean[j], out _batchMeanCorrection[j], out _batchVariance[j]);
-        }
-
-        for (int j = 0; j < Features; j++)
-        {
-            if (!double.IsFinite(_batchMean[j] + _batchMeanCorrection[j]) || !double.IsFinite(_batchVariance[j]))
-            {
-                throw Guard.NotFinite("input", j, "cannot be normalized");
-            }
-        }
-    }
-
-    private void UpdateRunningStatistics(int n)
+    private void UpdateRunningStatistics(BatchNormCache batch)
     {
         BatchesTracked++;
         double m = Momentum ?? 1.0 / BatchesTracked;
+        int n = batch.BatchSize;
         double bessel = (double)n / (n - 1);
         Span<double> runningMean = DenseColumns.Data(RunningMean), runningVariance = DenseColumns.Data(RunningVariance);
         for (int j = 0; j < Features; j++)
         {
-            runningMean[j] = ((1 - m) * runningMean[j]) + (m * (_batchMean[j] + _batchMeanCorrection[j]));
-            runningVariance[j] = ((1 - m) * runningVariance[j]) + (m * _batchVariance[j] * bessel);
+            runningMean[j] = ((1 - m) * runningMean[j]) + (m * batch.Mean[j]);
+            runningVariance[j] = ((1 - m) * runningVariance[j]) + (m * batch.Variance[j] * bessel);
         }
     }
 
@@ -322,5 +313,77 @@ public sealed class BatchNormLayer
         DenseColumns.CopyBack(dx, inputGradient);
         _gammaGradientScratch.CopyTo(GammaGradient);
         _betaGradientScratch.CopyTo(BetaGradient);
+    }
+
+    /// <summary>
+    /// One Forward over a range of columns. Each column is finished while it is still in cache: in training its
+    /// statistics (two passes), then x̂ and y in one fused pass. A column whose statistics are not finite is
+    /// recorded and skipped; the caller throws for the first such column.
+    /// </summary>
+    private sealed class ForwardWork(BatchNormLayer layer) : IColumnWork
+    {
+        private Matrix<double>? _x, _y;
+        private BatchNormCache? _cache;
+        private int _badColumn;
+
+        public void Start(Matrix<double> x, Matrix<double> y, BatchNormCache cache)
+        {
+            _x = x;
+            _y = y;
+            _cache = cache;
+            _badColumn = int.MaxValue;
+        }
+
+        /// <summary>Releases the matrices and returns the first column whose statistics were not finite, or −1.</summary>
+        public int Finish()
+        {
+            _x = _y = null;
+            _cache = null;
+            return _badColumn == int.MaxValue ? -1 : _badColumn;
+        }
+
+        public void Run(int start, int end)
+        {
+            BatchNormCache cache = _cache!;
+            int n = cache.BatchSize;
+            bool stream = (long)n * cache.Features >= ColumnKernels.StreamingThreshold;
+            Span<double> mean = cache.WritableMean, variance = cache.WritableVariance, inverseStd = cache.WritableInverseStd;
+            Span<double> xHat = DenseColumns.Data(cache.NormalizedMatrix);
+            Span<double> gamma = DenseColumns.Data(layer.Gamma), beta = DenseColumns.Data(layer.Beta);
+            Span<double> runningMean = DenseColumns.Data(layer.RunningMean), runningVariance = DenseColumns.Data(layer.RunningVariance);
+            for (int j = start; j < end; j++)
+            {
+                ReadOnlySpan<double> x = DenseColumns.Column(_x!, j);
+                double center, correction;
+                if (cache.IsTraining)
+                {
+                    // The batch mean is kept in two parts, center + correction: see ColumnKernels.Moments.
+                    ColumnKernels.Moments(x, out center, out correction, out variance[j]);
+                    mean[j] = center + correction;
+                    if (!double.IsFinite(mean[j]) || !double.IsFinite(variance[j]))
+                    {
+                        RecordBadColumn(j);
+                        continue;
+                    }
+                }
+                else
+                {
+                    center = mean[j] = runningMean[j];
+                    correction = 0;
+                    variance[j] = runningVariance[j];
+                }
+
+                inverseStd[j] = 1.0 / Math.Sqrt(variance[j] + layer.Epsilon);
+                ColumnKernels.Normalize(x, center, correction, inverseStd[j], gamma[j], beta[j], xHat.Slice(j * n, n), DenseColumns.Column(_y!, j), stream);
+            }
+        }
+
+        private void RecordBadColumn(int column)
+        {
+            int seen;
+            while (column < (seen = Volatile.Read(ref _badColumn)) && Interlocked.CompareExchange(ref _badColumn, column, seen) != seen)
+            {
+            }
+        }
     }
 }

@@ -1,3 +1,4 @@
+using System;
 using MathNet.Numerics.LinearAlgebra;
 
 namespace BatchNorm;
@@ -9,13 +10,14 @@ namespace BatchNorm;
 /// </summary>
 /// <remarks>
 /// <para>
+/// Two passes over each column, the second while the column is still in cache: one fused reduction for
+/// Σdy and Σdy·x̂ (which are also dβ and dγ), then one fused map for dx. Columns are split across threads
+/// for large batches. The derivation is in docs/derivation.md.
+/// </para>
+/// <para>
 /// With two rows x̂ = ±√(1 − δ), δ = ε/(σ² + ε), and the bracket reduces to (1 − x̂²)·(dy₁ − dy₂)/2 = δ·(dy₁ − dy₂)/2.
 /// Evaluating 1 − x̂² would cancel about log₁₀(1/δ) digits, so two-row batches use dx₁ = −dx₂ = γ·istd·δ·(dy₁ − dy₂)/2
 /// with δ = ε·istd², which keeps full precision.
-/// </para>
-/// <para>
-/// Two passes over each column: one fused reduction for Σdy and Σdy·x̂ (which are also dβ and dγ), then one
-/// fused map for dx. The derivation is in docs/derivation.md.
 /// </para>
 /// </remarks>
 internal sealed class ClosedFormBackward : BackwardStrategy
@@ -30,33 +32,65 @@ internal sealed class ClosedFormBackward : BackwardStrategy
         Vector<double> gammaGradient,
         Vector<double> betaGradient)
     {
-        int n = cache.BatchSize;
-        var dGamma = DenseColumns.Data(gammaGradient);
-        var dBeta = DenseColumns.Data(betaGradient);
-        var g = DenseColumns.Data(gamma);
-        for (int j = 0; j < cache.Features; j++)
+        if (cache.StrategyWork is not Work work)
         {
-            var dy = DenseColumns.Column(outputGradient, j);
-            var xHat = cache.NormalizedColumn(j);
-            var dx = DenseColumns.Column(inputGradient, j);
-            (double sumDy, double sumDyXHat) = ColumnKernels.SumAndDot(dy, xHat);
-            dBeta[j] = sumDy;
-            dGamma[j] = sumDyXHat;
-            double scale = g[j] * cache.InverseStandardDeviation[j];
-            if (cache.IsTraining && n == 2)
+            cache.StrategyWork = work = new Work(cache);
+        }
+
+        work.Start(gamma, outputGradient, inputGradient, gammaGradient, betaGradient);
+        try
+        {
+            cache.Runner.Run(work, cache.BatchSize, cache.Features);
+        }
+        finally
+        {
+            work.Finish();
+        }
+    }
+
+    /// <summary>One closed-form backward over a range of columns; it lives in the cache so steps allocate nothing.</summary>
+    private sealed class Work(BatchNormCache cache) : IColumnWork
+    {
+        private Vector<double>? _gamma, _gammaGradient, _betaGradient;
+        private Matrix<double>? _dy, _dx;
+
+        public void Start(Vector<double> gamma, Matrix<double> dy, Matrix<double> dx, Vector<double> gammaGradient, Vector<double> betaGradient)
+        {
+            (_gamma, _dy, _dx, _gammaGradient, _betaGradient) = (gamma, dy, dx, gammaGradient, betaGradient);
+        }
+
+        public void Finish() => (_gamma, _dy, _dx, _gammaGradient, _betaGradient) = (null, null, null, null, null);
+
+        public void Run(int start, int end)
+        {
+            int n = cache.BatchSize;
+            bool stream = (long)n * cache.Features >= ColumnKernels.StreamingThreshold;
+            Span<double> dGamma = DenseColumns.Data(_gammaGradient!), dBeta = DenseColumns.Data(_betaGradient!);
+            Span<double> gamma = DenseColumns.Data(_gamma!);
+            for (int j = start; j < end; j++)
             {
+                ReadOnlySpan<double> dy = DenseColumns.Column(_dy!, j);
+                ReadOnlySpan<double> xHat = cache.NormalizedColumn(j);
+                Span<double> dx = DenseColumns.Column(_dx!, j);
+                (double sumDy, double sumDyXHat) = ColumnKernels.SumAndDot(dy, xHat);
+                dBeta[j] = sumDy;
+                dGamma[j] = sumDyXHat;
                 double inverseStd = cache.InverseStandardDeviation[j];
-                double delta = cache.Epsilon * inverseStd * inverseStd;
-                dx[0] = scale * delta * ((dy[0] - dy[1]) / 2);
-                dx[1] = -dx[0];
-            }
-            else if (cache.IsTraining)
-            {
-                ColumnKernels.ClosedFormInputGradient(dy, xHat, sumDy / n, sumDyXHat / n, scale, dx);
-            }
-            else
-            {
-                ColumnKernels.Scale(dy, scale, dx);
+                double scale = gamma[j] * inverseStd;
+                if (!cache.IsTraining)
+                {
+                    ColumnKernels.Scale(dy, scale, dx, stream);
+                }
+                else if (n == 2)
+                {
+                    double delta = cache.Epsilon * inverseStd * inverseStd;
+                    dx[0] = scale * delta * ((dy[0] - dy[1]) / 2);
+                    dx[1] = -dx[0];
+                }
+                else
+                {
+                    ColumnKernels.ClosedFormInputGradient(dy, xHat, sumDy / n, sumDyXHat / n, scale, dx, stream);
+                }
             }
         }
     }

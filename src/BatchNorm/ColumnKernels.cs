@@ -1,6 +1,8 @@
 using System;
 using System.Numerics;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 
 namespace BatchNorm;
 
@@ -20,19 +22,32 @@ internal static class ColumnKernels
     /// x − μ can be formed as (x − mean) − meanCorrection without losing the digits that a rounded μ would.
     /// </summary>
     /// <remarks>
-    /// Two passes: the mean of x − x[0] (exact differences when values sit far from zero, by Sterbenz's lemma),
-    /// then d = x − mean, whose average is the correction and whose corrected sum of squares
-    /// Σd² − (Σd)²/n gives σ². Never E[x²] − E[x]². NaN or infinity in x gives a non-finite result.
+    /// Shifted sums around a center c, first c = x[0]: d = x − c is exact near the mean (Sterbenz's lemma),
+    /// the correction is mean(d), and the corrected sum of squares Σd² − (Σd)²/n gives σ². When c turns out
+    /// to lie farther than σ/4 from the mean, a second pass repeats this around the mean found by the first.
+    /// Never E[x²] − E[x]². NaN or infinity in x gives a non-finite result.
     /// </remarks>
     public static void Moments(ReadOnlySpan<double> x, out double mean, out double meanCorrection, out double variance)
     {
         int n = x.Length;
-        double shift = x[0];
-        (double shiftedSum, _) = Reduce(x, x, new CenteredSums(shift));
-        mean = shift + (shiftedSum / n);
-        (double sum, double sumOfSquares) = Reduce(x, x, new CenteredSums(mean));
-        meanCorrection = sum / n;
-        variance = Math.Max(0.0, (sumOfSquares - (sum * meanCorrection)) / n);
+        double center = x[0];
+        for (int pass = 0; ; pass++)
+        {
+            (double sum, double sumOfSquares) = Reduce(x, x, new CenteredSums(center));
+            double offset = sum / n;
+            variance = Math.Max(0.0, (sumOfSquares - (sum * offset)) / n);
+
+            // The corrected formula loses about log₂(1 + offset²/σ²) bits, so one pass suffices when the
+            // center lies within σ/4 of the mean (a loss under 0.1 bit); otherwise pass again around the mean.
+            if (pass == 1 || 16 * offset * offset <= variance || !double.IsFinite(offset))
+            {
+                mean = center;
+                meanCorrection = offset;
+                return;
+            }
+
+            center += offset;
+        }
     }
 
     /// <summary>Effectively computes (Σ dy[i], Σ dy[i]·x̂[i]).</summary>
@@ -40,48 +55,68 @@ internal static class ColumnKernels
         => Reduce(dy, xHat, default(SumAndDotOp));
 
     /// <summary>Effectively computes x̂[i] = ((x[i] − mean) − meanCorrection)·inverseStd and y[i] = γ·x̂[i] + β.</summary>
-    /// <remarks><paramref name="y"/> may be the same memory as <paramref name="x"/>.</remarks>
-    public static void Normalize(ReadOnlySpan<double> x, double mean, double meanCorrection, double inverseStd, double gamma, double beta, Span<double> xHat, Span<double> y)
-        => Map(x, x, xHat, y, new NormalizeOp(mean, meanCorrection, inverseStd, gamma, beta));
+    /// <remarks>y may be the same memory as x. With <c>stream</c> set, x̂ is written with non-temporal stores (see <see cref="StreamingThreshold"/>).</remarks>
+    public static void Normalize(ReadOnlySpan<double> x, double mean, double meanCorrection, double inverseStd, double gamma, double beta, Span<double> xHat, Span<double> y, bool stream)
+        => Map(x, x, xHat, y, new NormalizeOp(mean, meanCorrection, inverseStd, gamma, beta), stream);
 
     /// <summary>Effectively computes dx[i] = scale·(dy[i] − meanDy − x̂[i]·meanDyXHat).</summary>
-    public static void ClosedFormInputGradient(ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, double meanDy, double meanDyXHat, double scale, Span<double> dx)
-        => Map(dy, xHat, dx, dx, new ClosedFormOp(meanDy, meanDyXHat, scale));
+    /// <remarks>With <c>stream</c> set, dx is written with non-temporal stores (see <see cref="StreamingThreshold"/>).</remarks>
+    public static void ClosedFormInputGradient(ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, double meanDy, double meanDyXHat, double scale, Span<double> dx, bool stream)
+        => Map(dy, xHat, dx, dx, new ClosedFormOp(meanDy, meanDyXHat, scale), stream);
 
     /// <summary>Effectively computes dx[i] = scale·dy[i].</summary>
-    public static void Scale(ReadOnlySpan<double> dy, double scale, Span<double> dx)
-        => Map(dy, dy, dx, dx, new ScaleOp(scale));
+    /// <remarks>With <c>stream</c> set, dx is written with non-temporal stores (see <see cref="StreamingThreshold"/>).</remarks>
+    public static void Scale(ReadOnlySpan<double> dy, double scale, Span<double> dx, bool stream)
+        => Map(dy, dy, dx, dx, new ScaleOp(scale), stream);
 
     /// <summary>Two sums over a and b, accumulated in SIMD lanes per block and compensated across blocks.</summary>
     private static (double First, double Second) Reduce<TOp>(ReadOnlySpan<double> a, ReadOnlySpan<double> b, TOp op)
         where TOp : struct, IReduceOp
     {
-        var first = new CompensatedSum();
-        var second = new CompensatedSum();
-        int width = Vector<double>.Count;
-        for (int start = 0; start < a.Length; start += BlockLength)
+        if (b.Length < a.Length)
         {
-            int end = Math.Min(start + BlockLength, a.Length);
+            throw new ArgumentException("The second span is shorter than the first.", nameof(b));
+        }
+
+        var first = default(CompensatedSum);
+        var second = default(CompensatedSum);
+        ref double a0 = ref MemoryMarshal.GetReference(a);
+        ref double b0 = ref MemoryMarshal.GetReference(b);
+        int width = Vector<double>.Count, length = a.Length;
+        for (int start = 0; start < length; start += BlockLength)
+        {
+            int end = Math.Min(start + BlockLength, length);
             int i = start;
-            var f0 = Vector<double>.Zero;
-            var f1 = Vector<double>.Zero;
-            var s0 = Vector<double>.Zero;
-            var s1 = Vector<double>.Zero;
+            Vector<double> f0 = Vector<double>.Zero, f1 = f0, f2 = f0, f3 = f0;
+            Vector<double> s0 = f0, s1 = f0, s2 = f0, s3 = f0;
             if (Vector.IsHardwareAccelerated)
             {
-                for (; i <= end - (2 * width); i += 2 * width)
+                for (; i <= end - (4 * width); i += 4 * width)
                 {
-                    Vector<double> a0 = Load(a, i), b0 = Load(b, i);
-                    Vector<double> a1 = Load(a, i + width), b1 = Load(b, i + width);
-                    f0 += op.First(a0, b0);
-                    s0 += op.Second(a0, b0);
-                    f1 += op.First(a1, b1);
-                    s1 += op.Second(a1, b1);
+                    Vector<double> a1 = Vector.LoadUnsafe(ref a0, (nuint)i), b1 = Vector.LoadUnsafe(ref b0, (nuint)i);
+                    Vector<double> a2 = Vector.LoadUnsafe(ref a0, (nuint)(i + width)), b2 = Vector.LoadUnsafe(ref b0, (nuint)(i + width));
+                    Vector<double> a3 = Vector.LoadUnsafe(ref a0, (nuint)(i + (2 * width))), b3 = Vector.LoadUnsafe(ref b0, (nuint)(i + (2 * width)));
+                    Vector<double> a4 = Vector.LoadUnsafe(ref a0, (nuint)(i + (3 * width))), b4 = Vector.LoadUnsafe(ref b0, (nuint)(i + (3 * width)));
+                    f0 += op.First(a1, b1);
+                    f1 += op.First(a2, b2);
+                    f2 += op.First(a3, b3);
+                    f3 += op.First(a4, b4);
+                    s0 = op.AccumulateSecond(a1, b1, s0);
+                    s1 = op.AccumulateSecond(a2, b2, s1);
+                    s2 = op.AccumulateSecond(a3, b3, s2);
+                    s3 = op.AccumulateSecond(a4, b4, s3);
+                }
+
+                for (; i <= end - width; i += width)
+                {
+                    Vector<double> a1 = Vector.LoadUnsafe(ref a0, (nuint)i), b1 = Vector.LoadUnsafe(ref b0, (nuint)i);
+                    f0 += op.First(a1, b1);
+                    s0 = op.AccumulateSecond(a1, b1, s0);
                 }
             }
 
-            double blockFirst = Vector.Sum(f0 + f1);
-            double blockSecond = Vector.Sum(s0 + s1);
+            double blockFirst = Vector.Sum((f0 + f1) + (f2 + f3));
+            double blockSecond = Vector.Sum((s0 + s1) + (s2 + s3));
             for (; i < end; i++)
             {
                 blockFirst += op.First(a[i], b[i]);
@@ -97,25 +132,58 @@ internal static class ColumnKernels
 
     /// <summary>An element-wise map from a and b to one or two destinations.</summary>
     /// <remarks>Each element is read before it is written, so a destination may alias a source.</remarks>
-    private static void Map<TOp>(ReadOnlySpan<double> a, ReadOnlySpan<double> b, Span<double> first, Span<double> second, TOp op)
+    private static void Map<TOp>(ReadOnlySpan<double> a, ReadOnlySpan<double> b, Span<double> first, Span<double> second, TOp op, bool stream)
         where TOp : struct, IMapOp
     {
-        int width = Vector<double>.Count;
+        int width = Vector<double>.Count, length = a.Length;
+        if (b.Length < length || first.Length < length || (op.HasSecond && second.Length < length))
+        {
+            throw new ArgumentException("Spans must be at least as long as the first source.");
+        }
+
+        ref double a0 = ref MemoryMarshal.GetReference(a);
+        ref double b0 = ref MemoryMarshal.GetReference(b);
+        ref double first0 = ref MemoryMarshal.GetReference(first);
+        ref double second0 = ref MemoryMarshal.GetReference(second);
         int i = 0;
         if (Vector.IsHardwareAccelerated)
         {
-            for (; i <= a.Length - width; i += width)
+            if (stream && width == Vector256<double>.Count && Vector256.IsHardwareAccelerated && length >= 64)
             {
-                op.Apply(Load(a, i), Load(b, i), out Vector<double> r1, out Vector<double> r2);
-                Store(r1, first, i);
+                // Peel scalars until the first destination is 32-byte aligned, then stream it past the caches.
+                for (; i < length && !IsAligned(ref Unsafe.Add(ref first0, i)); i++)
+                {
+                    op.Apply(a[i], b[i], out double r1, out double r2);
+                    first[i] = r1;
+                    if (op.HasSecond)
+                    {
+                        second[i] = r2;
+                    }
+                }
+
+                for (; i <= length - width; i += width)
+                {
+                    op.Apply(Vector.LoadUnsafe(ref a0, (nuint)i), Vector.LoadUnsafe(ref b0, (nuint)i), out Vector<double> r1, out Vector<double> r2);
+                    StoreNonTemporal(r1.AsVector256(), ref Unsafe.Add(ref first0, i));
+                    if (op.HasSecond)
+                    {
+                        r2.StoreUnsafe(ref second0, (nuint)i);
+                    }
+                }
+            }
+
+            for (; i <= length - width; i += width)
+            {
+                op.Apply(Vector.LoadUnsafe(ref a0, (nuint)i), Vector.LoadUnsafe(ref b0, (nuint)i), out Vector<double> r1, out Vector<double> r2);
+                r1.StoreUnsafe(ref first0, (nuint)i);
                 if (op.HasSecond)
                 {
-                    Store(r2, second, i);
+                    r2.StoreUnsafe(ref second0, (nuint)i);
                 }
             }
         }
 
-        for (; i < a.Length; i++)
+        for (; i < length; i++)
         {
             op.Apply(a[i], b[i], out double r1, out double r2);
             first[i] = r1;
@@ -126,19 +194,32 @@ internal static class ColumnKernels
         }
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector<double> Load(ReadOnlySpan<double> span, int index)
-        => new(span.Slice(index, Vector<double>.Count));
+    /// <summary>
+    /// Outputs of at least this many elements (4 MiB) are written with non-temporal stores: they would not stay
+    /// in the per-core caches anyway, and streaming them saves the read that a cached write costs first.
+    /// Measured with benchmarks/BatchNorm.Benchmarks: below it, streaming slows the step down.
+    /// </summary>
+    public const long StreamingThreshold = 1 << 19;
 
+    private static unsafe bool IsAligned(ref double value) => ((nuint)Unsafe.AsPointer(ref value) & 31) == 0;
+
+    private static unsafe void StoreNonTemporal(Vector256<double> value, ref double destination)
+        => Vector256.StoreAlignedNonTemporal(value, (double*)Unsafe.AsPointer(ref destination));
+
+    /// <summary>a·b + c, fused where the runtime offers it.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Store(Vector<double> value, Span<double> span, int index)
-        => value.CopyTo(span.Slice(index, Vector<double>.Count));
+    private static Vector<double> MultiplyAdd(Vector<double> a, Vector<double> b, Vector<double> c)
+#if NET9_0_OR_GREATER
+        => Vector.FusedMultiplyAdd(a, b, c);
+#else
+        => (a * b) + c;
+#endif
 
     private interface IReduceOp
     {
         Vector<double> First(Vector<double> a, Vector<double> b);
 
-        Vector<double> Second(Vector<double> a, Vector<double> b);
+        Vector<double> AccumulateSecond(Vector<double> a, Vector<double> b, Vector<double> sum);
 
         double First(double a, double b);
 
@@ -157,14 +238,13 @@ internal static class ColumnKernels
     /// <summary>Σ(a − c) and Σ(a − c)².</summary>
     private readonly struct CenteredSums(double center) : IReduceOp
     {
-        private readonly Vector<double> _center = new(center);
 
-        public Vector<double> First(Vector<double> a, Vector<double> b) => a - _center;
+        public Vector<double> First(Vector<double> a, Vector<double> b) => a - new Vector<double>(center);
 
-        public Vector<double> Second(Vector<double> a, Vector<double> b)
+        public Vector<double> AccumulateSecond(Vector<double> a, Vector<double> b, Vector<double> sum)
         {
-            Vector<double> d = a - _center;
-            return d * d;
+            Vector<double> d = a - new Vector<double>(center);
+            return MultiplyAdd(d, d, sum);
         }
 
         public double First(double a, double b) => a - center;
@@ -177,7 +257,7 @@ internal static class ColumnKernels
     {
         public Vector<double> First(Vector<double> a, Vector<double> b) => a;
 
-        public Vector<double> Second(Vector<double> a, Vector<double> b) => a * b;
+        public Vector<double> AccumulateSecond(Vector<double> a, Vector<double> b, Vector<double> sum) => MultiplyAdd(a, b, sum);
 
         public double First(double a, double b) => a;
 
@@ -186,18 +266,12 @@ internal static class ColumnKernels
 
     private readonly struct NormalizeOp(double mean, double meanCorrection, double inverseStd, double gamma, double beta) : IMapOp
     {
-        private readonly Vector<double> _mean = new(mean);
-        private readonly Vector<double> _meanCorrection = new(meanCorrection);
-        private readonly Vector<double> _inverseStd = new(inverseStd);
-        private readonly Vector<double> _gamma = new(gamma);
-        private readonly Vector<double> _beta = new(beta);
-
         public bool HasSecond => true;
 
         public void Apply(Vector<double> a, Vector<double> b, out Vector<double> first, out Vector<double> second)
         {
-            first = (a - _mean - _meanCorrection) * _inverseStd;
-            second = (first * _gamma) + _beta;
+            first = (a - new Vector<double>(mean) - new Vector<double>(meanCorrection)) * new Vector<double>(inverseStd);
+            second = MultiplyAdd(first, new Vector<double>(gamma), new Vector<double>(beta));
         }
 
         public void Apply(double a, double b, out double first, out double second)
@@ -209,15 +283,11 @@ internal static class ColumnKernels
 
     private readonly struct ClosedFormOp(double meanDy, double meanDyXHat, double scale) : IMapOp
     {
-        private readonly Vector<double> _meanDy = new(meanDy);
-        private readonly Vector<double> _meanDyXHat = new(meanDyXHat);
-        private readonly Vector<double> _scale = new(scale);
-
         public bool HasSecond => false;
 
         public void Apply(Vector<double> a, Vector<double> b, out Vector<double> first, out Vector<double> second)
         {
-            first = _scale * (a - _meanDy - (b * _meanDyXHat));
+            first = new Vector<double>(scale) * MultiplyAdd(-b, new Vector<double>(meanDyXHat), a - new Vector<double>(meanDy));
             second = default;
         }
 
@@ -230,13 +300,11 @@ internal static class ColumnKernels
 
     private readonly struct ScaleOp(double scale) : IMapOp
     {
-        private readonly Vector<double> _scale = new(scale);
-
         public bool HasSecond => false;
 
         public void Apply(Vector<double> a, Vector<double> b, out Vector<double> first, out Vector<double> second)
         {
-            first = a * _scale;
+            first = a * new Vector<double>(scale);
             second = default;
         }
 
