@@ -206,6 +206,16 @@ internal static class ColumnKernels
     private static unsafe void StoreNonTemporal(Vector256<double> value, ref double destination)
         => Vector256.StoreAlignedNonTemporal(value, (double*)Unsafe.AsPointer(ref destination));
 
+    /// <summary>a·b + c, rounded exactly as the vector <see cref="MultiplyAdd(Vector{double}, Vector{double}, Vector{double})"/> rounds it,
+    /// so that a result never depends on which elements a loop handles as scalars.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static double MultiplyAdd(double a, double b, double c)
+#if NET9_0_OR_GREATER
+        => Math.FusedMultiplyAdd(a, b, c);
+#else
+        => (a * b) + c;
+#endif
+
     /// <summary>a·b + c, fused where the runtime offers it.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector<double> MultiplyAdd(Vector<double> a, Vector<double> b, Vector<double> c)
@@ -277,7 +287,7 @@ internal static class ColumnKernels
         public void Apply(double a, double b, out double first, out double second)
         {
             first = (a - mean - meanCorrection) * inverseStd;
-            second = (first * gamma) + beta;
+            second = MultiplyAdd(first, gamma, beta);
         }
     }
 
@@ -293,7 +303,7 @@ internal static class ColumnKernels
 
         public void Apply(double a, double b, out double first, out double second)
         {
-            first = scale * (a - meanDy - (b * meanDyXHat));
+            first = scale * MultiplyAdd(-b, meanDyXHat, a - meanDy);
             second = 0;
         }
     }

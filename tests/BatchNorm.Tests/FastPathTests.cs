@@ -1,0 +1,144 @@
+using System;
+using System.Diagnostics;
+using System.Reflection;
+using MathNet.Numerics.LinearAlgebra;
+using MathNet.Numerics.LinearAlgebra.Double;
+
+namespace BatchNorm.Tests;
+
+/// <summary>
+/// The fused, threaded and streaming paths against the staged teaching path and the general path,
+/// on batches large enough to take them (see ColumnRunner.MinElementsPerThread and ColumnKernels.StreamingThreshold).
+/// </summary>
+[Collection(SerialAllocationTests.Name)]
+public class FastPathTests
+{
+    public static TheoryData<int, int> LargeShapes => new()
+    {
+        { 1031, 70 },     // two threads, odd row count (scalar tails)
+        { 4099, 130 },    // threads and streaming stores, columns not 32-byte aligned
+        { 2, 40000 },     // two rows, many features, threads
+    };
+
+    [Theory]
+    [MemberData(nameof(LargeShapes))]
+    public void Threaded_closed_form_agrees_with_the_staged_path(int rows, int features)
+    {
+        (Matrix<double> x, Matrix<double> dy) = Inputs(rows, features, seed: rows);
+        var fast = new BatchNormLayer(features);
+        var staged = new BatchNormLayer(features, backward: BackwardStrategy.Staged) { MaxDegreeOfParallelism = 1 };
+        Matrix<double> yFast = fast.Forward(x), yStaged = staged.Forward(x);
+        Assert.True((yFast - yStaged).InfinityNorm() == 0, "Forward is the same code on one thread and on several");
+        Matrix<double> dxFast = fast.Backward(dy), dxStaged = staged.Backward(dy);
+        for (int j = 0; j < features; j++)
+        {
+            double scale = Math.Abs(fast.Gamma[j]) * fast.Cache!.InverseStandardDeviation[j] * (dy.Column(j).AbsoluteMaximum() * 4);
+            double worst = (dxFast.Column(j) - dxStaged.Column(j)).AbsoluteMaximum();
+            Assert.True(rows == 2 ? worst <= 1e-6 * scale : worst <= 1e-12 * scale, $"column {j}: {worst:E2} against terms of {scale:E2}");
+        }
+
+        Assert.True((fast.GammaGradient - staged.GammaGradient).AbsoluteMaximum() <= 1e-11 * rows);
+        Assert.True((fast.BetaGradient - staged.BetaGradient).AbsoluteMaximum() <= 1e-11 * rows);
+        Assert.Equal(fast.RunningMean, staged.RunningMean);
+        Assert.Equal(fast.RunningVariance, staged.RunningVariance);
+    }
+
+    [Theory]
+    [MemberData(nameof(LargeShapes))]
+    public void One_thread_and_many_give_identical_results(int rows, int features)
+    {
+        (Matrix<double> x, Matrix<double> dy) = Inputs(rows, features, seed: 7);
+        var one = new BatchNormLayer(features) { MaxDegreeOfParallelism = 1 };
+        var many = new BatchNormLayer(features) { MaxDegreeOfParallelism = 8 };
+        Assert.Equal(one.Forward(x), many.Forward(x));
+        Assert.Equal(one.Backward(dy), many.Backward(dy));
+        Assert.Equal(one.GammaGradient, many.GammaGradient);
+        one.IsTraining = many.IsTraining = false;
+        Assert.Equal(one.Forward(x), many.Forward(x));
+        Assert.Equal(one.Backward(dy), many.Backward(dy));
+    }
+
+    [Fact]
+    public void The_general_path_agrees_with_the_fast_path_on_a_large_sparse_batch()
+    {
+        (Matrix<double> dense, Matrix<double> dy) = Inputs(1500, 60, seed: 3);
+        dense = dense.PointwiseMultiply(Matrix<double>.Build.Dense(1500, 60, (i, j) => (i + j) % 3 == 0 ? 1 : 0));
+        var fast = new BatchNormLayer(60);
+        var general = new BatchNormLayer(60);
+        Assert.Equal(fast.Forward(dense), general.Forward(SparseMatrix.OfMatrix(dense)));
+        Assert.Equal(fast.Backward(dy), general.Backward(SparseMatrix.OfMatrix(dy)));
+        Assert.Equal(fast.GammaGradient, general.GammaGradient);
+    }
+
+    [Fact]
+    public void A_bad_column_handled_by_another_thread_is_reported_and_changes_nothing()
+    {
+        (Matrix<double> x, _) = Inputs(2000, 64, seed: 5);
+        var layer = new BatchNormLayer(64);
+        layer.Forward(x);
+        var snapshot = new LayerSnapshot(layer);
+        Matrix<double> bad = x.Clone();
+        bad[10, 60] = double.NaN;
+        bad[3, 45] = double.PositiveInfinity;
+        var e = Assert.Throws<ArgumentException>(() => layer.Forward(bad));
+        Assert.Contains("Column 45", e.Message);
+        snapshot.AssertUnchanged();
+    }
+
+    [Theory]
+    [InlineData(64, 128, 1)]
+    [InlineData(4099, 130, 1)]
+    [InlineData(4099, 130, 2)]
+    [InlineData(2, 40000, 2)]
+    public void Steady_state_steps_allocate_nothing(int rows, int features, int threads)
+    {
+        (Matrix<double> x, Matrix<double> dy) = Inputs(rows, features, seed: 9);
+        Matrix<double> y = Matrix<double>.Build.Dense(rows, features), dx = Matrix<double>.Build.Dense(rows, features);
+        var layer = new BatchNormLayer(features) { MaxDegreeOfParallelism = threads };
+        void Step()
+        {
+            layer.IsTraining = true;
+            layer.Forward(x, y);
+            layer.Backward(dy, dx);
+            layer.IsTraining = false;
+            layer.Forward(x, y);
+            layer.Backward(dy, dx);
+        }
+
+        // Steady state: the first steps allocate the caches, and the runtime's tiered JIT replaces code for a
+        // while. Run rounds of ten steps until three in a row allocate nothing at all, process-wide; an
+        // allocation per step would show in every round. The calling thread is checked the same way.
+        // In an unoptimized (Debug) build a step is slow enough that the thread pool injects threads, which
+        // allocates process-wide; there only the calling thread is held to zero.
+        bool optimized = typeof(BatchNormLayer).Assembly.GetCustomAttribute<DebuggableAttribute>()?.IsJITOptimizerDisabled != true;
+        int quietRounds = 0;
+        for (int round = 0; round < 100 && quietRounds < 3; round++)
+        {
+            long total = GC.GetTotalAllocatedBytes(precise: true), mine = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < 10; i++)
+            {
+                Step();
+            }
+
+            bool quiet = GC.GetAllocatedBytesForCurrentThread() == mine && (!optimized || GC.GetTotalAllocatedBytes(precise: true) == total);
+            quietRounds = quiet ? quietRounds + 1 : 0;
+        }
+
+        Assert.Equal(3, quietRounds);
+    }
+
+    private static (Matrix<double> X, Matrix<double> Dy) Inputs(int rows, int features, int seed)
+    {
+        var random = new Random(seed);
+        Matrix<double> x = Matrix<double>.Build.Dense(rows, features, (_, j) => (j * 10.0) + (random.NextDouble() * (1 + (j % 5))));
+        Matrix<double> dy = Matrix<double>.Build.Dense(rows, features, (_, _) => random.NextDouble() - 0.5);
+        return (x, dy);
+    }
+}
+
+/// <summary>Tests that count allocations process-wide, so nothing else may run beside them.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class SerialAllocationTests
+{
+    public const string Name = "Process-wide allocation counting";
+}
