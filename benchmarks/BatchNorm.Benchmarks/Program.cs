@@ -1,12 +1,27 @@
+using BenchmarkDotNet.Columns;
 using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Exporters;
 using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Running;
+using Perfolizer.Horology;
 
 // dotnet run -c Release --project benchmarks/BatchNorm.Benchmarks -- --filter '*'
 // Results land in BenchmarkDotNet.Artifacts/results; the committed copies are in benchmarks/results.
+// With the single argument "ratios" it prints the same-process ratio table instead (see SameRunRatios).
+if (args is ["ratios"])
+{
+    System.Console.WriteLine(BatchNorm.Benchmarks.SameRunRatios.Run());
+    return;
+}
+
 IConfig config = DefaultConfig.Instance
-    .AddJob(Job.Default.WithWarmupCount(4).WithIterationCount(15).WithId("Median of 15"))
+    .AddJob(Job.Default
+        .WithLaunchCount(1)
+        .WithWarmupCount(3)
+        .WithIterationCount(15)
+        .WithIterationTime(TimeInterval.FromMilliseconds(100))
+        .WithId("Median of 15"))
+    .AddColumn(StatisticColumn.Median)
     .AddExporter(MarkdownExporter.GitHub)
     .WithOptions(ConfigOptions.JoinSummary);
 BenchmarkSwitcher.FromAssembly(typeof(BatchNorm.Benchmarks.Shapes).Assembly).Run(args, config);

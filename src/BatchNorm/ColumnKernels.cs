@@ -150,26 +150,7 @@ internal static class ColumnKernels
         {
             if (stream && width == Vector256<double>.Count && Vector256.IsHardwareAccelerated && length >= 64)
             {
-                // Peel scalars until the first destination is 32-byte aligned, then stream it past the caches.
-                for (; i < length && !IsAligned(ref Unsafe.Add(ref first0, i)); i++)
-                {
-                    op.Apply(a[i], b[i], out double r1, out double r2);
-                    first[i] = r1;
-                    if (op.HasSecond)
-                    {
-                        second[i] = r2;
-                    }
-                }
-
-                for (; i <= length - width; i += width)
-                {
-                    op.Apply(Vector.LoadUnsafe(ref a0, (nuint)i), Vector.LoadUnsafe(ref b0, (nuint)i), out Vector<double> r1, out Vector<double> r2);
-                    StoreNonTemporal(r1.AsVector256(), ref Unsafe.Add(ref first0, i));
-                    if (op.HasSecond)
-                    {
-                        r2.StoreUnsafe(ref second0, (nuint)i);
-                    }
-                }
+                i = MapStreaming(ref a0, ref b0, first, ref second0, length, op);
             }
 
             for (; i <= length - width; i += width)
@@ -201,10 +182,46 @@ internal static class ColumnKernels
     /// </summary>
     public const long StreamingThreshold = 1 << 19;
 
-    private static unsafe bool IsAligned(ref double value) => ((nuint)Unsafe.AsPointer(ref value) & 31) == 0;
+    /// <summary>
+    /// The vector body of <see cref="Map{TOp}"/> with non-temporal stores to the first destination, which is
+    /// pinned so that its alignment cannot change under a compacting GC. Returns where the scalar tail starts.
+    /// </summary>
+    private static unsafe int MapStreaming<TOp>(ref double a0, ref double b0, Span<double> first, ref double second0, int length, TOp op)
+        where TOp : struct, IMapOp
+    {
+        int width = Vector256<double>.Count;
+        fixed (double* destination = first)
+        {
+            // Scalars until the destination is 32-byte aligned; then aligned streaming stores.
+            int i = (int)((32 - ((nuint)destination & 31)) & 31) / sizeof(double);
+            if ((((nuint)destination) & 7) != 0)
+            {
+                return 0;
+            }
 
-    private static unsafe void StoreNonTemporal(Vector256<double> value, ref double destination)
-        => Vector256.StoreAlignedNonTemporal(value, (double*)Unsafe.AsPointer(ref destination));
+            for (int k = 0; k < i; k++)
+            {
+                op.Apply(Unsafe.Add(ref a0, k), Unsafe.Add(ref b0, k), out double r1, out double r2);
+                destination[k] = r1;
+                if (op.HasSecond)
+                {
+                    Unsafe.Add(ref second0, k) = r2;
+                }
+            }
+
+            for (; i <= length - width; i += width)
+            {
+                op.Apply(Vector.LoadUnsafe(ref a0, (nuint)i), Vector.LoadUnsafe(ref b0, (nuint)i), out Vector<double> r1, out Vector<double> r2);
+                Vector256.StoreAlignedNonTemporal(r1.AsVector256(), destination + i);
+                if (op.HasSecond)
+                {
+                    r2.StoreUnsafe(ref second0, (nuint)i);
+                }
+            }
+
+            return i;
+        }
+    }
 
     /// <summary>a·b + c, rounded exactly as the vector <see cref="MultiplyAdd(Vector{double}, Vector{double}, Vector{double})"/> rounds it,
     /// so that a result never depends on which elements a loop handles as scalars.</summary>

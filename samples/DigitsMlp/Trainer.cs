@@ -1,0 +1,101 @@
+using System;
+using System.Collections.Generic;
+using System.Linq;
+using BatchNorm;
+using MathNet.Numerics.LinearAlgebra;
+
+namespace DigitsMlp;
+
+/// <summary>One training configuration.</summary>
+/// <param name="Name">A label for tables and the legend.</param>
+/// <param name="BatchNorm">Whether the network has BatchNorm layers.</param>
+/// <param name="LearningRate">The SGD learning rate.</param>
+public sealed record RunSettings(string Name, bool BatchNorm, double LearningRate);
+
+/// <summary>What one epoch measured.</summary>
+/// <param name="Epoch">1-based.</param>
+/// <param name="Loss">Mean training loss over the epoch's batches (NaN once the run has diverged).</param>
+/// <param name="TrainAccuracy">Accuracy on the training batches during the epoch.</param>
+/// <param name="TestAccuracy">Accuracy on the test part after the epoch, in inference mode.</param>
+public sealed record EpochResult(int Epoch, double Loss, double TrainAccuracy, double TestAccuracy);
+
+/// <summary>Trains one network on the training part and evaluates it on the test part after each epoch.</summary>
+public sealed class Trainer(DigitsData data, int[] train, int[] test, int batchSize = 32)
+{
+    private readonly Matrix<double> _testX = data.Features(test);
+    private readonly int[] _testY = data.LabelsOf(test);
+
+    /// <summary>Trains a fresh network for <paramref name="epochs"/> epochs.</summary>
+    /// <param name="settings">The configuration.</param>
+    /// <param name="epochs">Number of passes over the training part.</param>
+    /// <param name="strategy">The BatchNorm backward strategy.</param>
+    /// <param name="seed">The seed for the weights and the batch order.</param>
+    /// <param name="progress">Called after every batch with (epoch, batch, batches).</param>
+    /// <param name="epochDone">Called after every epoch with its result.</param>
+    /// <returns>One result per epoch.</returns>
+    public IReadOnlyList<EpochResult> Train(RunSettings settings, int epochs, BackwardStrategy strategy, int seed, Action<int, int, int>? progress = null, Action<EpochResult>? epochDone = null)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        var network = new Network((128, 64), settings.BatchNorm, strategy, seed);
+        var random = new Random(seed);
+        int[] order = (int[])train.Clone();
+        int batches = order.Length / batchSize;   // the ragged last batch is dropped, so every batch has 32 rows
+        var results = new List<EpochResult>();
+        bool diverged = false;
+        for (int epoch = 1; epoch <= epochs; epoch++)
+        {
+            random.Shuffle(order);
+            network.SetTraining(true);
+            double lossSum = 0;
+            int correct = 0;
+            for (int b = 0; b < batches && !diverged; b++)
+            {
+                ArraySegment<int> indices = new(order, b * batchSize, batchSize);
+                (double loss, Matrix<double> gradient, int right) = TrainingLoss(network, indices);
+                lossSum += loss;
+                correct += right;
+                diverged = !double.IsFinite(loss);
+                if (!diverged)
+                {
+                    network.Backward(gradient);
+                    network.Step(settings.LearningRate);
+                }
+
+                progress?.Invoke(epoch, b + 1, batches);
+            }
+
+            if (diverged)
+            {
+                lossSum = double.NaN;
+            }
+
+            network.SetTraining(false);
+            (_, _, int testCorrect) = Network.SoftmaxCrossEntropy(network.Forward(_testX), _testY);
+            var result = new EpochResult(epoch, lossSum / batches, (double)correct / (batches * batchSize), (double)testCorrect / _testY.Length);
+            results.Add(result);
+            epochDone?.Invoke(result);
+        }
+
+        return results;
+    }
+
+    /// <summary>The loss of one training batch; NaN when the weights have blown up (BatchNorm then rejects its input).</summary>
+    private (double Loss, Matrix<double> Gradient, int Correct) TrainingLoss(Network network, IReadOnlyList<int> indices)
+    {
+        try
+        {
+            return Network.SoftmaxCrossEntropy(network.Forward(data.Features(indices)), data.LabelsOf(indices));
+        }
+        catch (ArgumentException)
+        {
+            return (double.NaN, Matrix<double>.Build.Dense(1, 1), 0);
+        }
+    }
+
+    /// <summary>The first epoch whose test accuracy reaches <paramref name="threshold"/>, or null.</summary>
+    /// <param name="results">A run's epochs.</param>
+    /// <param name="threshold">An accuracy in [0, 1].</param>
+    /// <returns>The epoch number, or null if never reached.</returns>
+    public static int? EpochsTo(IReadOnlyList<EpochResult> results, double threshold)
+        => results.FirstOrDefault(r => r.TestAccuracy >= threshold)?.Epoch;
+}

@@ -1,0 +1,54 @@
+using System.Linq;
+using BatchNorm;
+
+namespace DigitsMlp.Tests;
+
+public class TrainingTests
+{
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void A_short_run_ends_with_a_lower_loss_than_it_started_with(bool batchNorm)
+    {
+        DigitsData data = DigitsData.Load(DigitsData.DefaultPath);
+        (int[] train, int[] test) = data.StratifiedSplit(0.2, seed: 3);
+        var trainer = new Trainer(data, train, test);
+        var results = trainer.Train(new RunSettings("test", batchNorm, 0.05), epochs: 3, BackwardStrategy.ClosedForm, seed: 3);
+        Assert.Equal(3, results.Count);
+        Assert.True(results[^1].Loss < results[0].Loss, $"loss went from {results[0].Loss} to {results[^1].Loss}");
+        Assert.True(results[^1].TestAccuracy > 0.5, $"test accuracy {results[^1].TestAccuracy}");
+    }
+
+    [Fact]
+    public void Both_strategies_train_the_same_network_to_nearly_the_same_place()
+    {
+        DigitsData data = DigitsData.Load(DigitsData.DefaultPath);
+        (int[] train, int[] test) = data.StratifiedSplit(0.2, seed: 4);
+        var trainer = new Trainer(data, train, test);
+        var settings = new RunSettings("test", true, 0.05);
+        var closed = trainer.Train(settings, 2, BackwardStrategy.ClosedForm, seed: 4);
+        var staged = trainer.Train(settings, 2, BackwardStrategy.Staged, seed: 4);
+        Assert.Equal(closed[^1].Loss, staged[^1].Loss, 1e-9);
+    }
+
+    [Fact]
+    public void Softmax_cross_entropy_matches_its_definition()
+    {
+        var logits = MathNet.Numerics.LinearAlgebra.Matrix<double>.Build.DenseOfArray(new[,] { { 1.0, 2, 3, 0, 0, 0, 0, 0, 0, 0 } });
+        (double loss, var gradient, int correct) = Network.SoftmaxCrossEntropy(logits, [2]);
+        double sum = System.Math.Exp(1) + System.Math.Exp(2) + System.Math.Exp(3) + 7;
+        Assert.Equal(-System.Math.Log(System.Math.Exp(3) / sum), loss, 12);
+        Assert.Equal(1, correct);
+        Assert.Equal((System.Math.Exp(3) / sum) - 1, gradient[0, 2], 12);
+        Assert.Equal(0, gradient.Row(0).Sum(), 12);
+    }
+
+    [Fact]
+    public void Epochs_to_threshold_finds_the_first_epoch_or_none()
+    {
+        EpochResult[] results = [new(1, 1, 0.5, 0.8), new(2, 1, 0.5, 0.92), new(3, 1, 0.5, 0.91)];
+        Assert.Equal(2, Trainer.EpochsTo(results, 0.9));
+        Assert.Null(Trainer.EpochsTo(results, 0.95));
+        Assert.True(results.All(r => r.Epoch > 0));
+    }
+}
