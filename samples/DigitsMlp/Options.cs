@@ -55,7 +55,7 @@ public sealed record Options
             {
                 "--epochs" => options with { Epochs = PositiveInt("--epochs", Value()) },
                 "--seed" => options with { Seed = Int("--seed", Value()) },
-                "--strategy" => options with { Strategy = Strategy(Value()) },
+                "--strategy" => options with { Strategy = ParseStrategy(Value()) },
                 "--out" => options with { OutputDirectory = Value() },
                 "--data" => options with { DataPath = Value() },
                 "--check" => options with { Check = true },
@@ -67,7 +67,7 @@ public sealed record Options
         return options;
     }
 
-    private static BackwardStrategy Strategy(string name) => name switch
+    private static BackwardStrategy ParseStrategy(string name) => name switch
     {
         "staged" => BackwardStrategy.Staged,
         "closed" => BackwardStrategy.ClosedForm,
