@@ -19,6 +19,11 @@ namespace BatchNorm;
 /// once the step has succeeded. So a cache you hold keeps its values through the next Forward and is
 /// overwritten by the one after; copy them (for example with <see cref="NormalizedInputToMatrix"/>) to keep them.
 /// </para>
+/// <para>
+/// Reading a cache allocates nothing except <see cref="NormalizedInputToMatrix"/>. Any number of threads may read
+/// a cache while its layer is not running a Forward; a backward strategy must not be run on one cache from two
+/// threads at once (the closed form keeps per-cache scratch state).
+/// </para>
 /// </remarks>
 public sealed class BatchNormCache
 {

@@ -26,9 +26,14 @@ namespace BatchNorm;
 /// <see cref="GammaGradient"/> and <see cref="BetaGradient"/>.</para>
 /// <para><b>Bad input</b> throws before anything is written: the running statistics, <see cref="BatchesTracked"/>,
 /// <see cref="Cache"/>, γ, β and the gradients stay as they were.</para>
-/// <para><b>Threads:</b> a layer is not thread-safe; use one layer per thread or lock around it.</para>
+/// <para><b>Threads:</b> a layer is not thread-safe: call it from one thread at a time (different layers may run on
+/// different threads). Large batches are split across thread-pool threads inside Forward and Backward; the call
+/// still returns only when all of the work is done. See <see cref="MaxDegreeOfParallelism"/>.</para>
+/// <para><b>Allocation:</b> the destination overloads allocate nothing once the caches exist for the batch shape
+/// (after two steps of that shape); the allocating overloads allocate their result only. Non-dense arguments are
+/// copied into scratch matrices that are kept and reused.</para>
 /// </remarks>
-public sealed class BatchNormLayer
+public sealed partial class BatchNormLayer
 {
     private readonly ColumnRunner _runner = new();
     private readonly ForwardWork _forwardWork;
@@ -50,6 +55,7 @@ public sealed class BatchNormLayer
     /// <param name="backward">The backward strategy; <see cref="BackwardStrategy.ClosedForm"/> when null.</param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="features"/> ≤ 0, <paramref name="epsilon"/> is not
     /// positive and finite, or <paramref name="momentum"/> is outside [0, 1] or NaN.</exception>
+    /// <remarks>Allocates the parameter, gradient and statistics vectors (a few D-length arrays); the caches come with the first Forward.</remarks>
     public BatchNormLayer(int features, double epsilon = 1e-5, double? momentum = 0.1, BackwardStrategy? backward = null)
     {
         if (features <= 0)
@@ -80,6 +86,7 @@ public sealed class BatchNormLayer
         _gammaGradientScratch = Vector<double>.Build.Dense(features);
         _betaGradientScratch = Vector<double>.Build.Dense(features);
         _forwardWork = new ForwardWork(this);
+        Parameters = [new LayerParameter("gamma", Gamma, GammaGradient), new LayerParameter("beta", Beta, BetaGradient)];
         ResetParameters();
         ResetRunningStatistics();
     }
@@ -88,16 +95,18 @@ public sealed class BatchNormLayer
     public int Features { get; }
 
     /// <summary>Gets ε, added to the variance before the square root.</summary>
-    public double Epsilon { get; }
+    public double Epsilon { get; private set; }
 
     /// <summary>Gets m, the weight of each new batch in the running statistics; null for a cumulative moving average.</summary>
-    public double? Momentum { get; }
+    public double? Momentum { get; private set; }
 
     /// <summary>Gets or sets whether Forward normalizes with the batch's statistics (true, the initial value) or the running ones.</summary>
+    /// <remarks>Reading or setting it allocates nothing. Set it between steps, not while another thread is inside Forward or Backward.</remarks>
     public bool IsTraining { get; set; } = true;
 
     /// <summary>Gets or sets how Backward computes the gradients. <see cref="BackwardStrategy.ClosedForm"/> by default.</summary>
     /// <exception cref="ArgumentNullException">The value is null.</exception>
+    /// <remarks>The strategies are stateless and may be shared by any number of layers.</remarks>
     public BackwardStrategy BackwardStrategy
     {
         get => _backwardStrategy;
@@ -109,6 +118,7 @@ public sealed class BatchNormLayer
     }
 
     /// <summary>Gets γ, the per-feature scale, 1 at start. The layer owns it; an optimizer updates it in place.</summary>
+    /// <remarks>The same vector for the layer's lifetime; reading the property allocates nothing.</remarks>
     public Vector<double> Gamma { get; }
 
     /// <summary>Gets β, the per-feature shift, 0 at start. The layer owns it; an optimizer updates it in place.</summary>
@@ -150,12 +160,14 @@ public sealed class BatchNormLayer
     public long BatchesTracked { get; private set; }
 
     /// <summary>Gets what the last Forward kept for Backward; null before the first Forward.</summary>
+    /// <remarks>Allocates nothing. The layer alternates between two cache objects of the same shape: a cache you hold keeps its values through the next Forward and is overwritten by the one after.</remarks>
     public BatchNormCache? Cache => _cache;
 
     /// <summary>Puts back a batch count saved earlier, for helpers that must leave the layer as they found it.</summary>
     internal void RestoreBatchesTracked(long batches) => BatchesTracked = batches;
 
     /// <summary>Sets γ to 1 and β to 0.</summary>
+    /// <remarks>In place; allocates nothing.</remarks>
     public void ResetParameters()
     {
         Gamma.Clear();
@@ -164,6 +176,7 @@ public sealed class BatchNormLayer
     }
 
     /// <summary>Sets the running mean to 0, the running variance to 1 and <see cref="BatchesTracked"/> to 0.</summary>
+    /// <remarks>In place; allocates nothing.</remarks>
     public void ResetRunningStatistics()
     {
         RunningMean.Clear();

@@ -12,6 +12,8 @@ namespace BatchNorm;
 /// A typical check uses the loss L = Σᵢⱼ yᵢⱼ·gᵢⱼ for a fixed, non-uniform upstream gradient g, so that the
 /// analytic dL/dx is exactly what Backward(g) returns. Relative errors below about 1e-7 mean the analytic
 /// gradient is right; above 1e-3 it is almost certainly wrong.
+/// Every method allocates its result and, through the function it probes, whatever that allocates. The methods
+/// keep no state: they are safe to call from several threads as long as the threads do not share arguments.
 /// </remarks>
 public static class GradientCheck
 {
