@@ -22,12 +22,9 @@ public class LayerBenchmarks
     [GlobalSetup]
     public void Setup()
     {
-        (int n, int d) = Shapes.Parse(Shape);
-        _x = Shapes.Random(n, d, 1, offset: 3);
-        _dy = Shapes.Random(n, d, 2, offset: 0);
-        _y = Matrix<double>.Build.Dense(n, d);
-        _dx = Matrix<double>.Build.Dense(n, d);
-        _copy = Matrix<double>.Build.Dense(n, d);
+        (_x, _dy, _y, _dx) = Shapes.Inputs(Shape);
+        int d = _x.ColumnCount;
+        _copy = _x.Clone();
         _training = new BatchNormLayer(d) { MaxDegreeOfParallelism = 1 };
         _staged = new BatchNormLayer(d, backward: BackwardStrategy.Staged) { MaxDegreeOfParallelism = 1 };
         _inference = new BatchNormLayer(d) { MaxDegreeOfParallelism = 1 };

@@ -22,11 +22,8 @@ public class ScalingBenchmarks
     [GlobalSetup]
     public void Setup()
     {
-        (int n, int d) = Shapes.Parse(Shape);
-        _x = Shapes.Random(n, d, 1, offset: 3);
-        _dy = Shapes.Random(n, d, 2, offset: 0);
-        _y = Matrix<double>.Build.Dense(n, d);
-        _dx = Matrix<double>.Build.Dense(n, d);
+        (_x, _dy, _y, _dx) = Shapes.Inputs(Shape);
+        int d = _x.ColumnCount;
         _layer = new BatchNormLayer(d) { MaxDegreeOfParallelism = Threads };
         TrainingStep();
     }

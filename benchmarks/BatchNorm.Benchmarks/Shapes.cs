@@ -28,4 +28,13 @@ public static class Shapes
         var random = new Random(seed);
         return Matrix<double>.Build.Dense(rows, columns, (_, _) => offset + (2 * random.NextDouble()) - 1);
     }
+
+    /// <summary>The matrices of one benchmark: input x, upstream gradient dy, and destinations y and dx.</summary>
+    /// <param name="shape">"NxD".</param>
+    /// <returns>x centred at 3, dy centred at 0, and two zero matrices, all N×D.</returns>
+    public static (Matrix<double> X, Matrix<double> Dy, Matrix<double> Y, Matrix<double> Dx) Inputs(string shape)
+    {
+        (int n, int d) = Parse(shape);
+        return (Random(n, d, 1, offset: 3), Random(n, d, 2, offset: 0), Matrix<double>.Build.Dense(n, d), Matrix<double>.Build.Dense(n, d));
+    }
 }

@@ -35,17 +35,7 @@ public static class GradientCheck
         Guard.NotNull(f, nameof(f));
         Guard.NotNull(x, nameof(x));
         CheckStep(step);
-        Matrix<double> gradient = Matrix<double>.Build.Dense(x.RowCount, x.ColumnCount);
-        for (int j = 0; j < x.ColumnCount; j++)
-        {
-            for (int i = 0; i < x.RowCount; i++)
-            {
-                int row = i, column = j;
-                gradient[i, j] = CentralDifference(() => f(x), () => x[row, column], v => x[row, column] = v, step);
-            }
-        }
-
-        return gradient;
+        return EachElement(x, (get, set) => CentralDifference(() => f(x), get, set, step));
     }
 
     /// <summary>
@@ -62,14 +52,7 @@ public static class GradientCheck
         Guard.NotNull(f, nameof(f));
         Guard.NotNull(x, nameof(x));
         CheckStep(step);
-        Vector<double> gradient = Vector<double>.Build.Dense(x.Count);
-        for (int i = 0; i < x.Count; i++)
-        {
-            int index = i;
-            gradient[i] = CentralDifference(() => f(x), () => x[index], v => x[index] = v, step);
-        }
-
-        return gradient;
+        return EachElement(x, (get, set) => CentralDifference(() => f(x), get, set, step));
     }
 
     /// <summary>
@@ -94,17 +77,7 @@ public static class GradientCheck
         Guard.NotNull(x, nameof(x));
         Guard.NotNull(outputGradient, nameof(outputGradient));
         CheckStep(step);
-        Matrix<double> gradient = Matrix<double>.Build.Dense(x.RowCount, x.ColumnCount);
-        for (int j = 0; j < x.ColumnCount; j++)
-        {
-            for (int i = 0; i < x.RowCount; i++)
-            {
-                int row = i, column = j;
-                gradient[i, j] = CentralDifference(() => f(x), () => x[row, column], v => x[row, column] = v, step, outputGradient);
-            }
-        }
-
-        return gradient;
+        return EachElement(x, (get, set) => CentralDifference(() => f(x), get, set, step, outputGradient));
     }
 
     /// <summary>
@@ -125,14 +98,7 @@ public static class GradientCheck
         Guard.NotNull(x, nameof(x));
         Guard.NotNull(outputGradient, nameof(outputGradient));
         CheckStep(step);
-        Vector<double> gradient = Vector<double>.Build.Dense(x.Count);
-        for (int i = 0; i < x.Count; i++)
-        {
-            int index = i;
-            gradient[i] = CentralDifference(() => f(x), () => x[index], v => x[index] = v, step, outputGradient);
-        }
-
-        return gradient;
+        return EachElement(x, (get, set) => CentralDifference(() => f(x), get, set, step, outputGradient));
     }
 
     /// <summary>
@@ -215,18 +181,12 @@ public static class GradientCheck
         try
         {
             Matrix<double> probe = input.Clone();
-            Matrix<double> numericalInput = Matrix<double>.Build.Dense(input.RowCount, input.ColumnCount);
-            for (int j = 0; j < input.ColumnCount; j++)
+            var steps = Vector<double>.Build.Dense(input.ColumnCount, j =>
             {
                 double spread = Math.Sqrt(input.Column(j).PopulationVariance());
-                double step = relativeStep * (spread > 0 ? spread : 1);
-                for (int i = 0; i < input.RowCount; i++)
-                {
-                    int row = i, column = j;
-                    numericalInput[i, j] = FourthOrderDifference(() => layer.Forward(probe), () => probe[row, column], v => probe[row, column] = v, step, outputGradient);
-                }
-            }
-
+                return relativeStep * (spread > 0 ? spread : 1);
+            });
+            Matrix<double> numericalInput = EachElement(probe, (get, set, _, column) => FourthOrderDifference(() => layer.Forward(probe), get, set, steps[column], outputGradient));
             Vector<double> numericalGamma = ParameterGradient(layer, layer.Gamma, input, outputGradient, relativeStep);
             Vector<double> numericalBeta = ParameterGradient(layer, layer.Beta, input, outputGradient, relativeStep);
             layer.Forward(input);
@@ -245,17 +205,18 @@ public static class GradientCheck
     }
 
     private static Vector<double> ParameterGradient(BatchNormLayer layer, Vector<double> parameter, Matrix<double> input, Matrix<double> outputGradient, double relativeStep)
-    {
-        Vector<double> gradient = Vector<double>.Build.Dense(parameter.Count);
-        for (int i = 0; i < parameter.Count; i++)
-        {
-            int index = i;
-            double step = relativeStep * Math.Max(1, Math.Abs(parameter[i]));
-            gradient[i] = FourthOrderDifference(() => layer.Forward(input), () => parameter[index], v => parameter[index] = v, step, outputGradient);
-        }
+        => EachElement(parameter, (get, set) => FourthOrderDifference(() => layer.Forward(input), get, set, relativeStep * Math.Max(1, Math.Abs(get())), outputGradient));
 
-        return gradient;
-    }
+    /// <summary>A new matrix whose element (i, j) is <paramref name="derivative"/> given a getter and a setter of x[i, j].</summary>
+    private static Matrix<double> EachElement(Matrix<double> x, Func<Func<double>, Action<double>, int, int, double> derivative)
+        => Matrix<double>.Build.Dense(x.RowCount, x.ColumnCount, (i, j) => derivative(() => x[i, j], v => x[i, j] = v, i, j));
+
+    private static Matrix<double> EachElement(Matrix<double> x, Func<Func<double>, Action<double>, double> derivative)
+        => EachElement(x, (get, set, _, _) => derivative(get, set));
+
+    /// <summary>A new vector whose element i is <paramref name="derivative"/> given a getter and a setter of x[i].</summary>
+    private static Vector<double> EachElement(Vector<double> x, Func<Func<double>, Action<double>, double> derivative)
+        => Vector<double>.Build.Dense(x.Count, i => derivative(() => x[i], v => x[i] = v));
 
     private static double CentralDifference(Func<double> f, Func<double> get, Action<double> set, double step)
     {
