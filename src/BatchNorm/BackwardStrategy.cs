@@ -101,6 +101,15 @@ public abstract class BackwardStrategy
         Vector<double> gammaGradient,
         Vector<double> betaGradient);
 
+    /// <summary>
+    /// The backward pass of one segment normalized with a single μ and σ²: a column of a batch, a block of a
+    /// column (ghost batches), or a group of a row (group and layer norm). Only the built-in strategies have one.
+    /// </summary>
+    /// <exception cref="NotSupportedException">A strategy defined outside the library.</exception>
+    internal virtual void Segment(
+        ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, double gamma, double inverseStd, double epsilon, bool training, Span<double> dx, out double gammaGradient, out double betaGradient)
+        => throw new NotSupportedException($"The {Name} strategy works on BatchNormLayer only; the other layers use BackwardStrategy.Staged or BackwardStrategy.ClosedForm.");
+
     /// <summary>Returns <see cref="Name"/>.</summary>
     /// <returns>The strategy's name.</returns>
     public override string ToString() => Name;

@@ -48,6 +48,39 @@ internal sealed class ClosedFormBackward : BackwardStrategy
         }
     }
 
+    /// <summary>The closed-form backward pass of one normalized segment; see the class remarks.</summary>
+    internal override void Segment(
+        ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, double gamma, double inverseStd, double epsilon, bool training, Span<double> dx, out double gammaGradient, out double betaGradient)
+        => Column(dy, xHat, gamma, inverseStd, epsilon, training, stream: false, dx, out gammaGradient, out betaGradient);
+
+    /// <summary>
+    /// Σdy and Σdy·x̂ in one fused pass, then dx = γ·istd·(dy − mean(dy) − x̂·mean(dy·x̂)) in another; the
+    /// frozen-statistics gradient dy·γ·istd after an inference Forward; the exact two-row form for two rows.
+    /// </summary>
+    private static void Column(
+        ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, double gamma, double inverseStd, double epsilon, bool training, bool stream, Span<double> dx, out double gammaGradient, out double betaGradient)
+    {
+        int n = dy.Length;
+        (double sumDy, double sumDyXHat) = ColumnKernels.SumAndDot(dy, xHat);
+        betaGradient = sumDy;
+        gammaGradient = sumDyXHat;
+        double scale = gamma * inverseStd;
+        if (!training)
+        {
+            ColumnKernels.Scale(dy, scale, dx, stream);
+        }
+        else if (n == 2)
+        {
+            double delta = epsilon * inverseStd * inverseStd;
+            dx[0] = scale * delta * ((dy[0] - dy[1]) / 2);
+            dx[1] = -dx[0];
+        }
+        else
+        {
+            ColumnKernels.ClosedFormInputGradient(dy, xHat, sumDy / n, sumDyXHat / n, scale, dx, stream);
+        }
+    }
+
     /// <summary>One closed-form backward over a range of columns; it lives in the cache so steps allocate nothing.</summary>
     private sealed class Work(BatchNormCache cache) : IColumnWork
     {
@@ -63,34 +96,22 @@ internal sealed class ClosedFormBackward : BackwardStrategy
 
         public void Run(int start, int end)
         {
-            int n = cache.BatchSize;
-            bool stream = (long)n * cache.Features >= ColumnKernels.StreamingThreshold;
+            bool stream = (long)cache.BatchSize * cache.Features >= ColumnKernels.StreamingThreshold;
             Span<double> dGamma = DenseColumns.Data(_gammaGradient!), dBeta = DenseColumns.Data(_betaGradient!);
             Span<double> gamma = DenseColumns.Data(_gamma!);
             for (int j = start; j < end; j++)
             {
-                ReadOnlySpan<double> dy = DenseColumns.Column(_dy!, j);
-                ReadOnlySpan<double> xHat = cache.NormalizedColumn(j);
-                Span<double> dx = DenseColumns.Column(_dx!, j);
-                (double sumDy, double sumDyXHat) = ColumnKernels.SumAndDot(dy, xHat);
-                dBeta[j] = sumDy;
-                dGamma[j] = sumDyXHat;
-                double inverseStd = cache.InverseStandardDeviation[j];
-                double scale = gamma[j] * inverseStd;
-                if (!cache.IsTraining)
-                {
-                    ColumnKernels.Scale(dy, scale, dx, stream);
-                }
-                else if (n == 2)
-                {
-                    double delta = cache.Epsilon * inverseStd * inverseStd;
-                    dx[0] = scale * delta * ((dy[0] - dy[1]) / 2);
-                    dx[1] = -dx[0];
-                }
-                else
-                {
-                    ColumnKernels.ClosedFormInputGradient(dy, xHat, sumDy / n, sumDyXHat / n, scale, dx, stream);
-                }
+                Column(
+                    DenseColumns.Column(_dy!, j),
+                    cache.NormalizedColumn(j),
+                    gamma[j],
+                    cache.InverseStandardDeviation[j],
+                    cache.Epsilon,
+                    cache.IsTraining,
+                    stream,
+                    DenseColumns.Column(_dx!, j),
+                    out dGamma[j],
+                    out dBeta[j]);
             }
         }
     }

@@ -64,6 +64,10 @@ internal static class ColumnKernels
     public static void ClosedFormInputGradient(ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, double meanDy, double meanDyXHat, double scale, Span<double> dx, bool stream)
         => Map(dy, xHat, dx, dx, new ClosedFormOp(meanDy, meanDyXHat, scale), stream);
 
+    /// <summary>Effectively computes y[i] = γ·x[i] + β.</summary>
+    public static void Affine(ReadOnlySpan<double> x, double gamma, double beta, Span<double> y)
+        => Map(x, x, y, y, new AffineOp(gamma, beta), stream: false);
+
     /// <summary>Effectively computes dx[i] = scale·dy[i].</summary>
     /// <remarks>With <c>stream</c> set, dx is written with non-temporal stores (see <see cref="StreamingThreshold"/>).</remarks>
     public static void Scale(ReadOnlySpan<double> dy, double scale, Span<double> dx, bool stream)
@@ -321,6 +325,23 @@ internal static class ColumnKernels
         public void Apply(double a, double b, out double first, out double second)
         {
             first = scale * MultiplyAdd(-b, meanDyXHat, a - meanDy);
+            second = 0;
+        }
+    }
+
+    private readonly struct AffineOp(double gamma, double beta) : IMapOp
+    {
+        public bool HasSecond => false;
+
+        public void Apply(Vector<double> a, Vector<double> b, out Vector<double> first, out Vector<double> second)
+        {
+            first = MultiplyAdd(a, new Vector<double>(gamma), new Vector<double>(beta));
+            second = default;
+        }
+
+        public void Apply(double a, double b, out double first, out double second)
+        {
+            first = MultiplyAdd(a, gamma, beta);
             second = 0;
         }
     }

@@ -30,80 +30,97 @@ internal sealed class StagedBackward : BackwardStrategy
         Vector<double> gammaGradient,
         Vector<double> betaGradient)
     {
-        int n = cache.BatchSize;
         for (int j = 0; j < cache.Features; j++)
         {
-            ReadOnlySpan<double> dy = DenseColumns.Column(outputGradient, j);
-            ReadOnlySpan<double> xHat = cache.NormalizedColumn(j);
-            Span<double> dx = DenseColumns.Column(inputGradient, j);
-            double inverseStd = cache.InverseStandardDeviation[j];
-            double std = 1.0 / inverseStd;
-
-            // Node y = γ·x̂ + β. γ and β feed every row, so their gradients sum over the rows.
-            double dBeta = 0, dGamma = 0;
-            for (int i = 0; i < n; i++)
-            {
-                dBeta += dy[i];
-                dGamma += dy[i] * xHat[i];
-            }
-
-            betaGradient[j] = dBeta;
+            Segment(
+                DenseColumns.Column(outputGradient, j),
+                cache.NormalizedColumn(j),
+                gamma[j],
+                cache.InverseStandardDeviation[j],
+                cache.Epsilon,
+                cache.IsTraining,
+                DenseColumns.Column(inputGradient, j),
+                out double dGamma,
+                out double dBeta);
             gammaGradient[j] = dGamma;
+            betaGradient[j] = dBeta;
+        }
+    }
 
-            // dL/dx̂ᵢ = dyᵢ·γ. It is kept in dx, which the last stage overwrites element by element.
-            // (dy has been read in full above, so dx may be the same memory as dy.)
-            Span<double> dXHat = dx;
+    /// <summary>
+    /// The backward pass of one normalized segment (a feature column, or a group of a row for group norm):
+    /// the values x̂ were normalized together with one μ and σ², and scaled by one γ.
+    /// </summary>
+    internal override void Segment(
+        ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, double gamma, double inverseStd, double epsilon, bool training, Span<double> dx, out double gammaGradient, out double betaGradient)
+    {
+        int n = dy.Length;
+        double std = 1.0 / inverseStd;
+
+        // Node y = γ·x̂ + β. γ and β feed every row, so their gradients sum over the rows.
+        double dBeta = 0, dGamma = 0;
+        for (int i = 0; i < n; i++)
+        {
+            dBeta += dy[i];
+            dGamma += dy[i] * xHat[i];
+        }
+
+        gammaGradient = dGamma;
+        betaGradient = dBeta;
+
+        // dL/dx̂ᵢ = dyᵢ·γ. It is kept in dx, which the last stage overwrites element by element.
+        // (dy has been read in full above, so dx may be the same memory as dy.)
+        Span<double> dXHat = dx;
+        for (int i = 0; i < n; i++)
+        {
+            dXHat[i] = dy[i] * gamma;
+        }
+
+        if (!training)
+        {
+            // Inference Forward: μ and σ² were the running statistics, constants here,
+            // so x̂ᵢ = (xᵢ − μ)·(σ² + ε)^(−½) is the only path from xᵢ to the loss.
             for (int i = 0; i < n; i++)
             {
-                dXHat[i] = dy[i] * gamma[j];
+                dx[i] = dXHat[i] * inverseStd;
             }
 
-            if (!cache.IsTraining)
-            {
-                // Inference Forward: μ and σ² were the running statistics, constants here,
-                // so x̂ᵢ = (xᵢ − μ)·(σ² + ε)^(−½) is the only path from xᵢ to the loss.
-                for (int i = 0; i < n; i++)
-                {
-                    dx[i] = dXHat[i] * inverseStd;
-                }
+            return;
+        }
 
-                continue;
-            }
+        // Node x̂ᵢ = (xᵢ − μ)·(σ² + ε)^(−½). σ² feeds every x̂ᵢ:
+        // dσ² = Σᵢ dx̂ᵢ·(xᵢ − μ)·(−½)·(σ² + ε)^(−3/2), where xᵢ − μ = x̂ᵢ·√(σ² + ε).
+        double dVariance = 0;
+        for (int i = 0; i < n; i++)
+        {
+            double centered = xHat[i] * std;
+            dVariance += dXHat[i] * centered * -0.5 * inverseStd * inverseStd * inverseStd;
+        }
 
-            // Node x̂ᵢ = (xᵢ − μ)·(σ² + ε)^(−½). σ² feeds every x̂ᵢ:
-            // dσ² = Σᵢ dx̂ᵢ·(xᵢ − μ)·(−½)·(σ² + ε)^(−3/2), where xᵢ − μ = x̂ᵢ·√(σ² + ε).
-            double dVariance = 0;
-            for (int i = 0; i < n; i++)
-            {
-                double centered = xHat[i] * std;
-                dVariance += dXHat[i] * centered * -0.5 * inverseStd * inverseStd * inverseStd;
-            }
+        // μ feeds every x̂ᵢ directly and also σ² = (1/N)·Σᵢ (xᵢ − μ)²: both paths add to dμ.
+        double dMean = 0;
+        for (int i = 0; i < n; i++)
+        {
+            dMean += dXHat[i] * -inverseStd;
+        }
 
-            // μ feeds every x̂ᵢ directly and also σ² = (1/N)·Σᵢ (xᵢ − μ)²: both paths add to dμ.
-            double dMean = 0;
-            for (int i = 0; i < n; i++)
-            {
-                dMean += dXHat[i] * -inverseStd;
-            }
+        double sumCentered = 0;
+        for (int i = 0; i < n; i++)
+        {
+            sumCentered += xHat[i] * std;
+        }
 
-            double sumCentered = 0;
-            for (int i = 0; i < n; i++)
-            {
-                sumCentered += xHat[i] * std;
-            }
+        // The σ² path carries Σᵢ (xᵢ − μ), which is zero in exact arithmetic; it is kept to show the fan-out.
+        dMean += dVariance * (-2.0 / n) * sumCentered;
 
-            // The σ² path carries Σᵢ (xᵢ − μ), which is zero in exact arithmetic; it is kept to show the fan-out.
-            dMean += dVariance * (-2.0 / n) * sumCentered;
-
-            // Each xᵢ feeds x̂ᵢ, σ² and μ: three contributions.
-            for (int i = 0; i < n; i++)
-            {
-                double centered = xHat[i] * std;
-                double dxi = dXHat[i] * inverseStd;        // through x̂ᵢ
-                dxi += dVariance * 2.0 * centered / n;     // through σ²
-                dxi += dMean / n;                          // through μ
-                dx[i] = dxi;
-            }
+        // Each xᵢ feeds x̂ᵢ, σ² and μ: three contributions.
+        for (int i = 0; i < n; i++)
+        {
+            double centered = xHat[i] * std;
+            double dxi = dXHat[i] * inverseStd;        // through x̂ᵢ
+            dxi += dVariance * 2.0 * centered / n;     // through σ²
+            dxi += dMean / n;                          // through μ
+            dx[i] = dxi;
         }
     }
 }

@@ -1,0 +1,194 @@
+using System;
+using System.Globalization;
+using System.Linq;
+using FsCheck;
+using FsCheck.Fluent;
+using MathNet.Numerics.LinearAlgebra;
+
+namespace BatchNorm.Tests;
+
+/// <summary>LayerNormLayer and GroupNormLayer.</summary>
+public class RowNormalizationTests
+{
+    /// <summary>A batch for a group norm: N rows, G groups of C features, per-feature offsets and spreads, γ, β and dy.</summary>
+    internal sealed record RowCase(int Groups, Matrix<double> X, Matrix<double> Dy, double[] Gamma, double[] Beta)
+    {
+        public override string ToString() => string.Create(CultureInfo.InvariantCulture, $"G={Groups} x={X.ToMatrixString()} dy={Dy.ToMatrixString()} γ=[{string.Join(", ", Gamma)}] β=[{string.Join(", ", Beta)}]");
+    }
+
+    /// <summary>
+    /// Group sizes 1, 3, 4 or 5. (With two features per group x̂ = ±√(σ²/(σ²+ε)), and dx is below what central
+    /// differences can resolve, exactly as for two-row batch norm; that case is checked separately with a large ε.)
+    /// </summary>
+    internal static Arbitrary<RowCase> Cases(bool allowTwo = false) => Arb.From(
+        from rows in Gen.Choose(1, 6)
+        from groups in Gen.Choose(1, 3)
+        from size in Gen.Elements(allowTwo ? new[] { 2 } : new[] { 1, 3, 4, 5 })
+        from offsets in Gen.Choose(-1000, 1000).Select(k => allowTwo ? 0 : k / 10.0).ArrayOf(groups * size)
+        from values in Gen.Choose(-1000, 1000).Select(k => k / 100.0).ArrayOf(rows * groups * size)
+        from gradient in Gen.Choose(-1000, 1000).Select(k => k / 1000.0).ArrayOf(rows * groups * size)
+        from gamma in Gen.Choose(200, 3000).Select(k => k / 1000.0).ArrayOf(groups * size)
+        from beta in Gen.Choose(-2000, 2000).Select(k => k / 1000.0).ArrayOf(groups * size)
+        select new RowCase(
+            groups,
+            Matrix<double>.Build.Dense(rows, groups * size, (i, j) => offsets[j] + values[(i * groups * size) + j]),
+            Matrix<double>.Build.Dense(rows, groups * size, (i, j) => gradient[(i * groups * size) + j]),
+            gamma,
+            beta));
+
+    private static GroupNormLayer Layer(RowCase c, BackwardStrategy strategy, double epsilon = 1e-5)
+    {
+        var layer = new GroupNormLayer(c.X.ColumnCount, c.Groups, epsilon, strategy);
+        Vector<double>.Build.DenseOfArray(c.Gamma).CopyTo(layer.Gamma);
+        Vector<double>.Build.DenseOfArray(c.Beta).CopyTo(layer.Beta);
+        return layer;
+    }
+
+    public static TheoryData<string> Strategies => new() { "staged", "closed" };
+
+    private static BackwardStrategy Strategy(string name) => name == "staged" ? BackwardStrategy.Staged : BackwardStrategy.ClosedForm;
+
+    [Theory]
+    [MemberData(nameof(Strategies))]
+    public void Group_norm_backward_matches_central_differences(string strategy)
+    {
+        Properties.Check(Cases(), c => CheckGradients(Layer(c, Strategy(strategy)), c));
+    }
+
+    [Theory]
+    [MemberData(nameof(Strategies))]
+    public void Two_features_per_group_with_an_epsilon_near_the_spread(string strategy)
+    {
+        // Values within ±10 of zero, so σ² ≤ 100 and ε = 10 keeps ε/(σ² + ε) above 0.09.
+        Properties.Check(Cases(allowTwo: true), c => CheckGradients(Layer(c, Strategy(strategy), epsilon: 10), c));
+    }
+
+    [Theory]
+    [MemberData(nameof(Strategies))]
+    public void Layer_norm_backward_matches_central_differences(string strategy)
+    {
+        // Two features in a row are the two-element case, covered above with a suitable ε.
+        Properties.Check(Arb.From(Cases().Generator.Where(c => c.X.ColumnCount != 2)), c =>
+        {
+            var layer = new LayerNormLayer(c.X.ColumnCount, backward: Strategy(strategy));
+            Vector<double>.Build.DenseOfArray(c.Gamma).CopyTo(layer.Gamma);
+            Vector<double>.Build.DenseOfArray(c.Beta).CopyTo(layer.Beta);
+            CheckGradients(layer, c);
+        });
+    }
+
+    [Fact]
+    public void Group_norm_with_one_group_equals_layer_norm()
+    {
+        Properties.Check(Cases(), c =>
+        {
+            var group = new GroupNormLayer(c.X.ColumnCount, 1);
+            var layer = new LayerNormLayer(c.X.ColumnCount);
+            Vector<double>.Build.DenseOfArray(c.Gamma).CopyTo(group.Gamma);
+            Vector<double>.Build.DenseOfArray(c.Gamma).CopyTo(layer.Gamma);
+            Vector<double>.Build.DenseOfArray(c.Beta).CopyTo(group.Beta);
+            Vector<double>.Build.DenseOfArray(c.Beta).CopyTo(layer.Beta);
+            Assert.Equal(layer.Forward(c.X), group.Forward(c.X));
+            Assert.Equal(layer.Backward(c.Dy), group.Backward(c.Dy));
+            Assert.Equal(layer.GammaGradient, group.GammaGradient);
+            Assert.Equal(layer.BetaGradient, group.BetaGradient);
+        });
+    }
+
+    [Fact]
+    public void Each_group_of_each_row_has_mean_beta_free_zero_and_unit_spread()
+    {
+        Properties.Check(Cases(), c =>
+        {
+            var layer = new GroupNormLayer(c.X.ColumnCount, c.Groups, epsilon: 1e-12);
+            Matrix<double> y = layer.Forward(c.X);
+            int size = c.X.ColumnCount / c.Groups;
+            for (int i = 0; i < c.X.RowCount; i++)
+            {
+                for (int g = 0; g < c.Groups; g++)
+                {
+                    double[] group = Enumerable.Range(g * size, size).Select(j => y[i, j]).ToArray();
+                    double[] source = Enumerable.Range(g * size, size).Select(j => c.X[i, j]).ToArray();
+                    double mean = group.Average();
+                    double variance = group.Select(v => (v - mean) * (v - mean)).Average();
+                    bool constant = source.All(v => v == source[0]);
+                    Assert.True(Math.Abs(mean) < 1e-12, $"row {i} group {g}: mean {mean}");
+                    Assert.True(constant ? variance == 0 : Math.Abs(variance - 1) < 1e-9, $"row {i} group {g}: variance {variance}");
+                }
+            }
+        });
+    }
+
+    [Fact]
+    public void Layer_norm_works_on_a_single_row_and_ignores_the_other_rows()
+    {
+        var layer = new LayerNormLayer(3);
+        Matrix<double> one = layer.Forward(Matrix<double>.Build.DenseOfArray(new[,] { { 1.0, 2, 6 } }));
+        Matrix<double> many = layer.Forward(Matrix<double>.Build.DenseOfArray(new[,] { { 5.0, -1, 0 }, { 1, 2, 6 } }));
+        double inverseStd = 1 / Math.Sqrt((14.0 / 3) + 1e-5);
+        Assert.Equal((1 - 3) * inverseStd, one[0, 0], 14);
+        Assert.Equal(one.Row(0), many.Row(1));
+    }
+
+    [Fact]
+    public void Bad_arguments_are_rejected_clearly()
+    {
+        Assert.Contains("must divide", Assert.Throws<ArgumentException>(() => new GroupNormLayer(10, 4)).Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => new GroupNormLayer(10, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new LayerNormLayer(0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new LayerNormLayer(3, epsilon: 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new LayerNormLayer(3, epsilon: double.NaN));
+        Assert.Throws<InvalidOperationException>(() => new LayerNormLayer(3).Backward(Matrix<double>.Build.Dense(2, 3)));
+    }
+
+    [Fact]
+    public void Bad_input_changes_nothing()
+    {
+        var layer = new GroupNormLayer(4, 2);
+        Matrix<double> x = Matrix<double>.Build.DenseOfArray(new[,] { { 1.0, 2, 3, 5 }, { 4, 0, -1, 2 }, { 2, 5, 7, 1 } });
+        Matrix<double> y = layer.Forward(x);
+        layer.Backward(Matrix<double>.Build.Dense(3, 4, (i, j) => i - j));
+        double[] gamma = layer.GammaGradient.ToArray(), beta = layer.BetaGradient.ToArray();
+        Matrix<double> dxBefore = layer.Backward(Matrix<double>.Build.Dense(3, 4, (i, j) => i - j));
+
+        Matrix<double> bad = x.Clone();
+        bad[2, 3] = double.NaN;
+        var e = Assert.Throws<ArgumentException>(() => layer.Forward(bad));
+        Assert.Contains("Row 2", e.Message);
+        Assert.Contains("group 1", e.Message);
+        Assert.Contains("4x3", Assert.Throws<ArgumentException>(() => layer.Forward(Matrix<double>.Build.Dense(4, 3))).Message);
+        Assert.Contains("2x4", Assert.Throws<ArgumentException>(() => layer.Backward(Matrix<double>.Build.Dense(2, 4))).Message);
+        Matrix<double> badGradient = Matrix<double>.Build.Dense(3, 4, 1.0);
+        badGradient[0, 1] = double.PositiveInfinity;
+        Assert.Contains("Column 1", Assert.Throws<ArgumentException>(() => layer.Backward(badGradient)).Message);
+        Assert.Throws<ArgumentNullException>(() => layer.Forward(null!));
+        Assert.Throws<ArgumentException>(() => layer.BackwardStrategy = new CustomStrategy());
+
+        // The cache is still the last good Forward's, and the gradients are unchanged.
+        Assert.Equal(gamma, layer.GammaGradient.ToArray());
+        Assert.Equal(beta, layer.BetaGradient.ToArray());
+        Assert.Equal(dxBefore, layer.Backward(Matrix<double>.Build.Dense(3, 4, (i, j) => i - j)));
+        Assert.Equal(y, layer.Forward(x));
+    }
+
+    internal static void CheckGradients(RowNormalizationLayer layer, RowCase c)
+    {
+        Matrix<double> numericalX = GradientCheck.NumericalGradient(m => layer.Forward(m), c.X.Clone(), c.Dy, step: 1e-4);
+        Vector<double> numericalGamma = GradientCheck.NumericalGradient(_ => layer.Forward(c.X), layer.Gamma, c.Dy, step: 1e-4);
+        Vector<double> numericalBeta = GradientCheck.NumericalGradient(_ => layer.Forward(c.X), layer.Beta, c.Dy, step: 1e-4);
+        layer.Forward(c.X);
+        Matrix<double> dx = layer.Backward(c.Dy);
+        double errorX = GradientCheck.RelativeError(dx, numericalX);
+        double errorGamma = GradientCheck.RelativeError(layer.GammaGradient, numericalGamma);
+        double errorBeta = GradientCheck.RelativeError(layer.BetaGradient, numericalBeta);
+        Assert.True(Math.Max(errorX, Math.Max(errorGamma, errorBeta)) < 1e-6, $"relative errors dx {errorX:E2}, dγ {errorGamma:E2}, dβ {errorBeta:E2}");
+    }
+
+    private sealed class CustomStrategy : BackwardStrategy
+    {
+        public override string Name => "custom";
+
+        protected override void BackwardCore(BatchNormCache cache, Vector<double> gamma, Matrix<double> outputGradient, Matrix<double> inputGradient, Vector<double> gammaGradient, Vector<double> betaGradient)
+            => throw new NotSupportedException();
+    }
+}
