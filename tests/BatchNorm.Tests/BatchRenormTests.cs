@@ -1,0 +1,142 @@
+using System;
+using System.Linq;
+using MathNet.Numerics.LinearAlgebra;
+
+namespace BatchNorm.Tests;
+
+/// <summary>BatchRenormLayer.</summary>
+public class BatchRenormTests
+{
+    public static TheoryData<string> Strategies => new() { "staged", "closed" };
+
+    private static BackwardStrategy Strategy(string name) => name == "staged" ? BackwardStrategy.Staged : BackwardStrategy.ClosedForm;
+
+    private static BatchRenormLayer Renorm(BatchCase c, BackwardStrategy strategy, double? momentum = 0.1)
+    {
+        var layer = new BatchRenormLayer(c.Features, c.Epsilon, momentum, strategy);
+        Vector<double>.Build.DenseOfArray(c.Gamma).CopyTo(layer.Gamma);
+        Vector<double>.Build.DenseOfArray(c.Beta).CopyTo(layer.Beta);
+        return layer;
+    }
+
+    [Theory]
+    [MemberData(nameof(Strategies))]
+    public void With_rmax_1_and_dmax_0_it_is_batch_norm(string strategy)
+    {
+        Properties.Check(BatchCase.Arbitrary(), c =>
+        {
+            BatchRenormLayer renorm = Renorm(c, Strategy(strategy));
+            BatchNormLayer norm = c.Layer(Strategy(strategy));
+            for (int step = 0; step < 2; step++)
+            {
+                Matrix<double> x = c.Input.Multiply(step + 1);
+                Assert.Equal(norm.Forward(x), renorm.Forward(x));
+                AssertClose(norm.Backward(c.Dy), renorm.Backward(c.Dy));
+                AssertClose(norm.GammaGradient.ToColumnMatrix(), renorm.GammaGradient.ToColumnMatrix());
+                AssertClose(norm.BetaGradient.ToColumnMatrix(), renorm.BetaGradient.ToColumnMatrix());
+                Assert.Equal(norm.RunningMean, renorm.RunningMean);
+                Assert.Equal(norm.RunningVariance, renorm.RunningVariance);
+            }
+
+            norm.IsTraining = renorm.IsTraining = false;
+            Assert.Equal(norm.Forward(c.Input), renorm.Forward(c.Input));
+            AssertClose(norm.Backward(c.Dy), renorm.Backward(c.Dy));
+        });
+    }
+
+    [Theory]
+    [MemberData(nameof(Strategies))]
+    public void Where_r_and_d_are_clipped_backward_matches_central_differences(string strategy)
+    {
+        Properties.Check(BatchCase.Arbitrary(), c =>
+        {
+            // Frozen running statistics far from the batch's: r sits at 1/rmax and d at ±dmax, constant near x.
+            BatchRenormLayer layer = Renorm(c, Strategy(strategy), momentum: 0);
+            layer.RMax = 2;
+            layer.DMax = 0.5;
+            for (int j = 0; j < c.Features; j++)
+            {
+                layer.RunningVariance[j] = 1e6 * (j + 1);
+                layer.RunningMean[j] = (j % 2 == 0 ? 1 : -1) * 1e5;
+            }
+
+            layer.Forward(c.Input);
+            Assert.All(layer.R, r => Assert.Equal(0.5, r));
+            Assert.All(layer.D, d => Assert.Equal(0.5, Math.Abs(d)));
+
+            // Richardson's extrapolation of two central differences, (4·g(h) − g(2h))/3, is fourth-order accurate.
+            double h = 1e-4 * c.MinScale;
+            Matrix<double> numerical = (GradientCheck.NumericalGradient(m => layer.Forward(m), c.Input.Clone(), c.Dy, h) * 4
+                - GradientCheck.NumericalGradient(m => layer.Forward(m), c.Input.Clone(), c.Dy, 2 * h)) / 3;
+            Vector<double> numericalGamma = GradientCheck.NumericalGradient(_ => layer.Forward(c.Input), layer.Gamma, c.Dy);
+            Vector<double> numericalBeta = GradientCheck.NumericalGradient(_ => layer.Forward(c.Input), layer.Beta, c.Dy);
+            layer.Forward(c.Input);
+            Matrix<double> dx = layer.Backward(c.Dy);
+            Assert.True(GradientCheck.RelativeError(dx, numerical) < 1e-6, $"dx relative error {GradientCheck.RelativeError(dx, numerical):E2}");
+            Assert.True(GradientCheck.RelativeError(layer.GammaGradient, numericalGamma) < 1e-6);
+            Assert.True(GradientCheck.RelativeError(layer.BetaGradient, numericalBeta) < 1e-6);
+        });
+    }
+
+    [Theory]
+    [MemberData(nameof(Strategies))]
+    public void Where_r_and_d_are_free_backward_is_batch_norm_with_gamma_r_and_beta_gamma_d_plus_beta(string strategy)
+    {
+        Properties.Check(BatchCase.Arbitrary(), c =>
+        {
+            BatchRenormLayer renorm = Renorm(c, Strategy(strategy));
+            renorm.RMax = 1e6;
+            renorm.DMax = 1e6;
+            renorm.Forward(c.Input.Multiply(1.5));     // running statistics that differ from the next batch's
+            Matrix<double> y = renorm.Forward(c.Input);
+            Assert.Contains(renorm.R, r => r != 1);
+
+            BatchNormLayer equivalent = c.Layer(Strategy(strategy));
+            for (int j = 0; j < c.Features; j++)
+            {
+                equivalent.Gamma[j] = c.Gamma[j] * renorm.R[j];
+                equivalent.Beta[j] = (c.Gamma[j] * renorm.D[j]) + c.Beta[j];
+            }
+
+            AssertClose(equivalent.Forward(c.Input), y);
+            AssertClose(equivalent.Backward(c.Dy), renorm.Backward(c.Dy));
+            for (int j = 0; j < c.Features; j++)
+            {
+                double expected = (renorm.R[j] * equivalent.GammaGradient[j]) + (renorm.D[j] * equivalent.BetaGradient[j]);
+                Assert.Equal(expected, renorm.GammaGradient[j], 1e-12 * (1 + Math.Abs(expected)));
+            }
+        });
+    }
+
+    [Fact]
+    public void Bad_input_and_settings_change_nothing()
+    {
+        var layer = new BatchRenormLayer(2) { RMax = 3, DMax = 1 };
+        Matrix<double> x = Matrix<double>.Build.DenseOfArray(new[,] { { 1.0, 2 }, { 3, 7 }, { 4, 0 } });
+        layer.Forward(x);
+        layer.Backward(Matrix<double>.Build.DenseOfArray(new[,] { { 1.0, 0 }, { 0, 1 }, { 2, -1 } }));
+        double[] mean = layer.RunningMean.ToArray(), r = layer.R.ToArray(), d = layer.D.ToArray(), gamma = layer.GammaGradient.ToArray();
+        Matrix<double> bad = x.Clone();
+        bad[1, 1] = double.NaN;
+        Assert.Contains("Column 1", Assert.Throws<ArgumentException>(() => layer.Forward(bad)).Message);
+        Matrix<double> badGradient = Matrix<double>.Build.Dense(3, 2, 1.0);
+        badGradient[0, 0] = double.NegativeInfinity;
+        Assert.Contains("Column 0", Assert.Throws<ArgumentException>(() => layer.Backward(badGradient)).Message);
+        Assert.Throws<ArgumentException>(() => layer.Forward(Matrix<double>.Build.Dense(1, 2)));
+        Assert.Throws<ArgumentOutOfRangeException>(() => layer.RMax = 0.5);
+        Assert.Throws<ArgumentOutOfRangeException>(() => layer.DMax = -1);
+        Assert.Equal(mean, layer.RunningMean.ToArray());
+        Assert.Equal(r, layer.R.ToArray());
+        Assert.Equal(d, layer.D.ToArray());
+        Assert.Equal(gamma, layer.GammaGradient.ToArray());
+        Assert.Equal(1, layer.BatchesTracked);
+        Assert.Equal(3, layer.RMax);
+        Assert.Throws<InvalidOperationException>(() => new BatchRenormLayer(2).Backward(x));
+    }
+
+    private static void AssertClose(Matrix<double> expected, Matrix<double> actual)
+    {
+        double scale = 1 + expected.Enumerate().Max(Math.Abs);
+        Assert.True((expected - actual).InfinityNorm() <= 1e-11 * scale, $"differ by {(expected - actual).InfinityNorm():E2} at scale {scale:E2}");
+    }
+}
