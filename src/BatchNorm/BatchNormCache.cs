@@ -32,13 +32,14 @@ public sealed class BatchNormCache
     private readonly double[] _variance;
     private readonly double[] _inverseStd;
 
-    internal BatchNormCache(int batchSize, int features, ColumnRunner runner)
+    internal BatchNormCache(int batchSize, int features, ColumnRunner runner, int virtualBatches = 1)
     {
         Runner = runner;
+        VirtualBatches = virtualBatches;
         _normalized = Matrix<double>.Build.Dense(batchSize, features);
-        _mean = new double[features];
-        _variance = new double[features];
-        _inverseStd = new double[features];
+        _mean = new double[features * virtualBatches];
+        _variance = new double[features * virtualBatches];
+        _inverseStd = new double[features * virtualBatches];
     }
 
     /// <summary>Gets N, the number of rows of the input the cache was made from.</summary>
@@ -54,10 +55,20 @@ public sealed class BatchNormCache
     /// </summary>
     public bool IsTraining { get; internal set; }
 
+    /// <summary>
+    /// Gets B, the number of blocks of rows normalized separately: 1, or N/<see cref="BatchNormLayer.VirtualBatchSize"/>
+    /// after a training Forward with ghost batches. With B &gt; 1, <see cref="Mean"/>, <see cref="Variance"/> and
+    /// <see cref="InverseStandardDeviation"/> hold B values per feature: block b of feature j at index j·B + b.
+    /// </summary>
+    public int VirtualBatches { get; }
+
+    /// <summary>Gets the number of rows in each block, N/B.</summary>
+    public int VirtualBatchSize => BatchSize / VirtualBatches;
+
     /// <summary>Gets the ε the layer normalized with.</summary>
     public double Epsilon { get; internal set; }
 
-    /// <summary>Gets μ per feature: the batch mean in training, the running mean in inference.</summary>
+    /// <summary>Gets μ per feature (per feature and block with ghost batches): the batch mean in training, the running mean in inference.</summary>
     public ReadOnlySpan<double> Mean => _mean;
 
     /// <summary>Gets σ² per feature: the biased batch variance in training, the running variance in inference.</summary>

@@ -40,6 +40,7 @@ public sealed partial class BatchNormLayer
     private BackwardStrategy _backwardStrategy;
     private BatchNormCache? _cache;
     private BatchNormCache? _spareCache;
+    private int? _virtualBatchSize;
     private readonly Vector<double> _gammaGradientScratch;
     private readonly Vector<double> _betaGradientScratch;
     private Matrix<double>? _inputScratch;
@@ -156,6 +157,20 @@ public sealed partial class BatchNormLayer
         }
     }
 
+    /// <summary>
+    /// Gets or sets the ghost batch size G (Hoffer et al., 2017), or null (the default) to normalize the whole batch
+    /// together. With G set, a training Forward splits the N rows into N/G consecutive blocks, normalizes each block
+    /// with its own statistics, and updates the running statistics once per block (BatchesTracked grows by N/G);
+    /// Backward is the batch-norm gradient of each block. N must be a multiple of G. Inference ignores it.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is less than 2.</exception>
+    /// <remarks>A backward strategy of your own sees the blocks through <see cref="BatchNormCache.VirtualBatches"/>.</remarks>
+    public int? VirtualBatchSize
+    {
+        get => _virtualBatchSize;
+        set => _virtualBatchSize = value is null or >= 2 ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "A virtual batch needs at least 2 rows.");
+    }
+
     /// <summary>Gets the number of training batches folded into the running statistics.</summary>
     public long BatchesTracked { get; private set; }
 
@@ -249,6 +264,13 @@ public sealed partial class BatchNormLayer
     {
         Guard.NotNull(input, nameof(input));
         Guard.Columns(input, Features, nameof(input));
+        if (IsTraining && _virtualBatchSize is int g && input.RowCount % g != 0)
+        {
+            throw new ArgumentException(
+                string.Create(CultureInfo.InvariantCulture, $"input is {Guard.Shape(input)}, but with VirtualBatchSize = {g} the number of rows must be a multiple of {g}."),
+                nameof(input));
+        }
+
         if (IsTraining && input.RowCount < 2)
         {
             throw new ArgumentException(
@@ -272,7 +294,10 @@ public sealed partial class BatchNormLayer
         Matrix<double> y = DenseColumns.DenseTarget(output, ref _outputScratch);
 
         // The step is written into the spare cache; the current one stays as it was until the step has succeeded.
-        BatchNormCache next = _spareCache is { } spare && spare.BatchSize == n ? spare : new BatchNormCache(n, Features, _runner);
+        int blocks = IsTraining && _virtualBatchSize is int g ? n / g : 1;
+        BatchNormCache next = _spareCache is { } spare && spare.BatchSize == n && spare.VirtualBatches == blocks
+            ? spare
+            : new BatchNormCache(n, Features, _runner, blocks);
         next.IsTraining = IsTraining;
         next.Epsilon = Epsilon;
         _forwardWork.Start(x, y, next);
@@ -293,17 +318,22 @@ public sealed partial class BatchNormLayer
         }
     }
 
+    /// <summary>Folds the batch statistics into the running ones: once per block with ghost batches, in block order.</summary>
     private void UpdateRunningStatistics(BatchNormCache batch)
     {
-        BatchesTracked++;
-        double m = Momentum ?? 1.0 / BatchesTracked;
-        int n = batch.BatchSize;
-        double bessel = (double)n / (n - 1);
+        int blocks = batch.VirtualBatches, rows = batch.VirtualBatchSize;
+        double bessel = (double)rows / (rows - 1);
         Span<double> runningMean = DenseColumns.Data(RunningMean), runningVariance = DenseColumns.Data(RunningVariance);
-        for (int j = 0; j < Features; j++)
+        for (int b = 0; b < blocks; b++)
         {
-            runningMean[j] = ((1 - m) * runningMean[j]) + (m * batch.Mean[j]);
-            runningVariance[j] = ((1 - m) * runningVariance[j]) + (m * batch.Variance[j] * bessel);
+            BatchesTracked++;
+            double m = Momentum ?? 1.0 / BatchesTracked;
+            for (int j = 0; j < Features; j++)
+            {
+                int k = (j * blocks) + b;
+                runningMean[j] = ((1 - m) * runningMean[j]) + (m * batch.Mean[k]);
+                runningVariance[j] = ((1 - m) * runningVariance[j]) + (m * batch.Variance[k] * bessel);
+            }
         }
     }
 
@@ -364,30 +394,36 @@ public sealed partial class BatchNormLayer
             Span<double> xHat = DenseColumns.Data(cache.NormalizedMatrix);
             Span<double> gamma = DenseColumns.Data(layer.Gamma), beta = DenseColumns.Data(layer.Beta);
             Span<double> runningMean = DenseColumns.Data(layer.RunningMean), runningVariance = DenseColumns.Data(layer.RunningVariance);
+            int blocks = cache.VirtualBatches, rows = n / blocks;
             for (int j = start; j < end; j++)
             {
-                ReadOnlySpan<double> x = DenseColumns.Column(_x!, j);
-                double center, correction;
-                if (cache.IsTraining)
+                for (int b = 0; b < blocks; b++)
                 {
-                    // The batch mean is kept in two parts, center + correction: see ColumnKernels.Moments.
-                    ColumnKernels.Moments(x, out center, out correction, out variance[j]);
-                    mean[j] = center + correction;
-                    if (!double.IsFinite(mean[j]) || !double.IsFinite(variance[j]))
+                    // Block b of column j: the whole column unless ghost batches split it.
+                    int k = (j * blocks) + b, offset = (j * n) + (b * rows);
+                    ReadOnlySpan<double> x = DenseColumns.Column(_x!, j).Slice(b * rows, rows);
+                    double center, correction;
+                    if (cache.IsTraining)
                     {
-                        RecordBadColumn(j);
-                        continue;
+                        // The batch mean is kept in two parts, center + correction: see ColumnKernels.Moments.
+                        ColumnKernels.Moments(x, out center, out correction, out variance[k]);
+                        mean[k] = center + correction;
+                        if (!double.IsFinite(mean[k]) || !double.IsFinite(variance[k]))
+                        {
+                            RecordBadColumn(j);
+                            break;
+                        }
                     }
-                }
-                else
-                {
-                    center = mean[j] = runningMean[j];
-                    correction = 0;
-                    variance[j] = runningVariance[j];
-                }
+                    else
+                    {
+                        center = mean[k] = runningMean[j];
+                        correction = 0;
+                        variance[k] = runningVariance[j];
+                    }
 
-                inverseStd[j] = 1.0 / Math.Sqrt(variance[j] + layer.Epsilon);
-                ColumnKernels.Normalize(x, center, correction, inverseStd[j], gamma[j], beta[j], xHat.Slice(j * n, n), DenseColumns.Column(_y!, j), stream);
+                    inverseStd[k] = 1.0 / Math.Sqrt(variance[k] + layer.Epsilon);
+                    ColumnKernels.Normalize(x, center, correction, inverseStd[k], gamma[j], beta[j], xHat.Slice(offset, rows), DenseColumns.Column(_y!, j).Slice(b * rows, rows), stream);
+                }
             }
         }
 

@@ -99,19 +99,26 @@ internal sealed class ClosedFormBackward : BackwardStrategy
             bool stream = (long)cache.BatchSize * cache.Features >= ColumnKernels.StreamingThreshold;
             Span<double> dGamma = DenseColumns.Data(_gammaGradient!), dBeta = DenseColumns.Data(_betaGradient!);
             Span<double> gamma = DenseColumns.Data(_gamma!);
+            int blocks = cache.VirtualBatches, rows = cache.VirtualBatchSize;
             for (int j = start; j < end; j++)
             {
-                Column(
-                    DenseColumns.Column(_dy!, j),
-                    cache.NormalizedColumn(j),
-                    gamma[j],
-                    cache.InverseStandardDeviation[j],
-                    cache.Epsilon,
-                    cache.IsTraining,
-                    stream,
-                    DenseColumns.Column(_dx!, j),
-                    out dGamma[j],
-                    out dBeta[j]);
+                dGamma[j] = dBeta[j] = 0;
+                for (int b = 0; b < blocks; b++)
+                {
+                    Column(
+                        DenseColumns.Column(_dy!, j).Slice(b * rows, rows),
+                        cache.NormalizedColumn(j).Slice(b * rows, rows),
+                        gamma[j],
+                        cache.InverseStandardDeviation[(j * blocks) + b],
+                        cache.Epsilon,
+                        cache.IsTraining,
+                        stream,
+                        DenseColumns.Column(_dx!, j).Slice(b * rows, rows),
+                        out double blockGamma,
+                        out double blockBeta);
+                    dGamma[j] += blockGamma;
+                    dBeta[j] += blockBeta;
+                }
             }
         }
     }

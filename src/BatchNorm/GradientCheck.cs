@@ -162,7 +162,8 @@ public static class GradientCheck
     /// <param name="outputGradient">g = dL/dy, N×D; choose it non-uniform, since Σx̂ = 0 lets a uniform one pass trivially.</param>
     /// <param name="relativeStep">
     /// The step as a fraction of the scale of what is probed: each element of column j of x moves by
-    /// relativeStep·σⱼ (σⱼ the column's standard deviation, or 1 if it is constant), and each γ or β by
+    /// relativeStep·σⱼ (σⱼ the column's standard deviation, or with ghost batches that of the element's block; 1 where it
+    /// is constant), and each γ or β by
     /// relativeStep·max(1, |value|). Batch norm is invariant to each column's offset and scale, so a step
     /// relative to the spread keeps the difference quotient equally accurate for every column.
     /// </param>
@@ -181,12 +182,14 @@ public static class GradientCheck
         try
         {
             Matrix<double> probe = input.Clone();
-            var steps = Vector<double>.Build.Dense(input.ColumnCount, j =>
+            // With ghost batches each block of rows is normalized on its own, so each block gets its own step.
+            int block = layer.IsTraining && layer.VirtualBatchSize is int g ? g : input.RowCount;
+            Matrix<double> steps = Matrix<double>.Build.Dense((input.RowCount + block - 1) / block, input.ColumnCount, (b, j) =>
             {
-                double spread = Math.Sqrt(input.Column(j).PopulationVariance());
+                double spread = Math.Sqrt(input.Column(j, b * block, Math.Min(block, input.RowCount - (b * block))).PopulationVariance());
                 return relativeStep * (spread > 0 ? spread : 1);
             });
-            Matrix<double> numericalInput = EachElement(probe, (get, set, _, column) => FourthOrderDifference(() => layer.Forward(probe), get, set, steps[column], outputGradient));
+            Matrix<double> numericalInput = EachElement(probe, (get, set, row, column) => FourthOrderDifference(() => layer.Forward(probe), get, set, steps[row / block, column], outputGradient));
             Vector<double> numericalGamma = ParameterGradient(layer, layer.Gamma, input, outputGradient, relativeStep);
             Vector<double> numericalBeta = ParameterGradient(layer, layer.Beta, input, outputGradient, relativeStep);
             layer.Forward(input);

@@ -30,20 +30,28 @@ internal sealed class StagedBackward : BackwardStrategy
         Vector<double> gammaGradient,
         Vector<double> betaGradient)
     {
+        int blocks = cache.VirtualBatches, rows = cache.VirtualBatchSize;
         for (int j = 0; j < cache.Features; j++)
         {
-            Segment(
-                DenseColumns.Column(outputGradient, j),
-                cache.NormalizedColumn(j),
-                gamma[j],
-                cache.InverseStandardDeviation[j],
-                cache.Epsilon,
-                cache.IsTraining,
-                DenseColumns.Column(inputGradient, j),
-                out double dGamma,
-                out double dBeta);
-            gammaGradient[j] = dGamma;
-            betaGradient[j] = dBeta;
+            // Each block of rows (the whole column without ghost batches) was normalized on its own;
+            // γ and β are shared by the blocks, so their gradients add up over them.
+            gammaGradient[j] = 0;
+            betaGradient[j] = 0;
+            for (int b = 0; b < blocks; b++)
+            {
+                Segment(
+                    DenseColumns.Column(outputGradient, j).Slice(b * rows, rows),
+                    cache.NormalizedColumn(j).Slice(b * rows, rows),
+                    gamma[j],
+                    cache.InverseStandardDeviation[(j * blocks) + b],
+                    cache.Epsilon,
+                    cache.IsTraining,
+                    DenseColumns.Column(inputGradient, j).Slice(b * rows, rows),
+                    out double dGamma,
+                    out double dBeta);
+                gammaGradient[j] += dGamma;
+                betaGradient[j] += dBeta;
+            }
         }
     }
 
