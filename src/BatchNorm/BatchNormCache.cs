@@ -83,6 +83,12 @@ public sealed class BatchNormCache
     /// <summary>The dense matrix behind x̂; for the built-in strategies, which never write to it.</summary>
     internal Matrix<double> NormalizedMatrix => _normalized;
 
+    /// <summary>The number of rows the statistics were computed over: N, or all workers' rows when synchronized.</summary>
+    internal int GlobalBatchSize { get; set; }
+
+    /// <summary>The exchange a synchronized training Forward used, which its Backward must use too; null otherwise.</summary>
+    internal IStatisticsExchange? Exchange { get; set; }
+
     /// <summary>The layer's thread splitter, which strategies may use for column-parallel work.</summary>
     internal ColumnRunner Runner { get; }
 

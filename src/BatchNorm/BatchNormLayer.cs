@@ -41,6 +41,8 @@ public sealed partial class BatchNormLayer
     private BatchNormCache? _cache;
     private BatchNormCache? _spareCache;
     private int? _virtualBatchSize;
+    private IStatisticsExchange? _exchange;
+    private double[] _localStatistics = [], _gatheredStatistics = [];
     private readonly Vector<double> _gammaGradientScratch;
     private readonly Vector<double> _betaGradientScratch;
     private Matrix<double>? _inputScratch;
@@ -168,7 +170,39 @@ public sealed partial class BatchNormLayer
     public int? VirtualBatchSize
     {
         get => _virtualBatchSize;
-        set => _virtualBatchSize = value is null or >= 2 ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "A virtual batch needs at least 2 rows.");
+        set
+        {
+            if (value is not null && _exchange is not null)
+            {
+                throw new InvalidOperationException("Ghost batches and synchronized statistics do not combine; clear StatisticsExchange first.");
+            }
+
+            _virtualBatchSize = value is null or >= 2 ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "A virtual batch needs at least 2 rows.");
+        }
+    }
+
+    /// <summary>
+    /// Gets or sets the exchange that synchronizes the statistics across data-parallel workers, or null (the
+    /// default) for a layer that sees only its own batch. With an exchange, a training Forward normalizes with the
+    /// mean and variance of all workers' rows together, merged with Chan's parallel formula, and updates the running
+    /// statistics with them (the Bessel factor uses the total row count). The Backward after it uses the global
+    /// Σdy and Σdy·x̂, so each worker's dx is its rows of the gradient of the whole batch, and GammaGradient and
+    /// BetaGradient are the whole batch's. Inference needs no exchange and makes no call to it.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">Set while <see cref="VirtualBatchSize"/> is set: the two do not combine.</exception>
+    /// <remarks>Synchronized training uses the closed-form backward pass, whatever <see cref="BackwardStrategy"/> is.</remarks>
+    public IStatisticsExchange? StatisticsExchange
+    {
+        get => _exchange;
+        set
+        {
+            if (value is not null && _virtualBatchSize is not null)
+            {
+                throw new InvalidOperationException("Ghost batches and synchronized statistics do not combine; clear VirtualBatchSize first.");
+            }
+
+            _exchange = value;
+        }
     }
 
     /// <summary>Gets the number of training batches folded into the running statistics.</summary>
@@ -271,7 +305,7 @@ public sealed partial class BatchNormLayer
                 nameof(input));
         }
 
-        if (IsTraining && input.RowCount < 2)
+        if (IsTraining && input.RowCount < 2 && _exchange is null)
         {
             throw new ArgumentException(
                 string.Create(CultureInfo.InvariantCulture, $"Training needs at least 2 rows to estimate a variance, but input is {Guard.Shape(input)}. Set IsTraining = false to normalize single rows with the running statistics."),
@@ -300,9 +334,20 @@ public sealed partial class BatchNormLayer
             : new BatchNormCache(n, Features, _runner, blocks);
         next.IsTraining = IsTraining;
         next.Epsilon = Epsilon;
-        _forwardWork.Start(x, y, next);
-        _runner.Run(_forwardWork, n, Features);
-        int badColumn = _forwardWork.Finish();
+        int badColumn;
+        if (next.IsTraining && _exchange is not null)
+        {
+            badColumn = ForwardSynchronized(x, y, next);
+        }
+        else
+        {
+            next.GlobalBatchSize = n;
+            next.Exchange = null;
+            _forwardWork.Start(x, y, next);
+            _runner.Run(_forwardWork, n, Features);
+            badColumn = _forwardWork.Finish();
+        }
+
         if (badColumn >= 0)
         {
             _spareCache = next;
@@ -321,7 +366,7 @@ public sealed partial class BatchNormLayer
     /// <summary>Folds the batch statistics into the running ones: once per block with ghost batches, in block order.</summary>
     private void UpdateRunningStatistics(BatchNormCache batch)
     {
-        int blocks = batch.VirtualBatches, rows = batch.VirtualBatchSize;
+        int blocks = batch.VirtualBatches, rows = batch.VirtualBatches > 1 ? batch.VirtualBatchSize : batch.GlobalBatchSize;
         double bessel = (double)rows / (rows - 1);
         Span<double> runningMean = DenseColumns.Data(RunningMean), runningVariance = DenseColumns.Data(RunningVariance);
         for (int b = 0; b < blocks; b++)
@@ -341,7 +386,15 @@ public sealed partial class BatchNormLayer
     {
         Matrix<double> dy = DenseColumns.AsDense(outputGradient, ref _outputGradientScratch);
         Matrix<double> dx = DenseColumns.DenseTarget(inputGradient, ref _inputGradientScratch);
-        _backwardStrategy.BackwardChecked(cache, Gamma, dy, dx, _gammaGradientScratch, _betaGradientScratch);
+        if (cache.IsTraining && cache.Exchange is { } exchange)
+        {
+            BackwardSynchronized(cache, exchange, dy, dx);
+        }
+        else
+        {
+            _backwardStrategy.BackwardChecked(cache, Gamma, dy, dx, _gammaGradientScratch, _betaGradientScratch);
+        }
+
 
         // dβ = Σdy and dγ = Σdy·x̂ are finite exactly when the column of dy is finite and its sums do not overflow.
         Span<double> dGamma = DenseColumns.Data(_gammaGradientScratch), dBeta = DenseColumns.Data(_betaGradientScratch);
