@@ -110,6 +110,15 @@ public abstract class BackwardStrategy
         ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, double gamma, double inverseStd, double epsilon, bool training, Span<double> dx, out double gammaGradient, out double betaGradient)
         => throw new NotSupportedException($"The {Name} strategy works on BatchNormLayer only; the other layers use BackwardStrategy.Staged or BackwardStrategy.ClosedForm.");
 
+    /// <summary>Throws unless <paramref name="strategy"/> is one of the built-in strategies, which the other layers need.</summary>
+    internal static void RequireBuiltIn(BackwardStrategy strategy, string layer, string parameterName)
+    {
+        if (strategy != Staged && strategy != ClosedForm)
+        {
+            throw new ArgumentException($"{layer} supports the built-in strategies only, not '{strategy.Name}'.", parameterName);
+        }
+    }
+
     /// <summary>Returns <see cref="Name"/>.</summary>
     /// <returns>The strategy's name.</returns>
     public override string ToString() => Name;

@@ -1,6 +1,5 @@
 using System;
 using System.Collections.Generic;
-using System.Globalization;
 using MathNet.Numerics.LinearAlgebra;
 
 namespace BatchNorm;
@@ -41,7 +40,7 @@ public sealed class BatchRenormLayer
     public BatchRenormLayer(int features, double epsilon = 1e-5, double? momentum = 0.1, BackwardStrategy? backward = null)
     {
         _norm = new BatchNormLayer(features, epsilon, momentum, backward);
-        CheckStrategy(_norm.BackwardStrategy, nameof(backward));
+        BackwardStrategy.RequireBuiltIn(_norm.BackwardStrategy, nameof(BatchRenormLayer), nameof(backward));
         Gamma = Vector<double>.Build.Dense(features, 1.0);
         Beta = Vector<double>.Build.Dense(features);
         GammaGradient = Vector<double>.Build.Dense(features);
@@ -96,7 +95,7 @@ public sealed class BatchRenormLayer
         set
         {
             Guard.NotNull(value, nameof(value));
-            CheckStrategy(value, nameof(value));
+            BackwardStrategy.RequireBuiltIn(value, nameof(BatchRenormLayer), nameof(value));
             _norm.BackwardStrategy = value;
         }
     }
@@ -242,13 +241,5 @@ public sealed class BatchRenormLayer
         _norm.Backward(_normalizedGradient, inputGradient);
         _gammaGradientScratch.CopyTo(GammaGradient);
         _betaGradientScratch.CopyTo(BetaGradient);
-    }
-
-    private static void CheckStrategy(BackwardStrategy strategy, string parameterName)
-    {
-        if (strategy != BackwardStrategy.Staged && strategy != BackwardStrategy.ClosedForm)
-        {
-            throw new ArgumentException(string.Create(CultureInfo.InvariantCulture, $"BatchRenormLayer supports the built-in strategies only, not '{strategy.Name}'."), parameterName);
-        }
     }
 }

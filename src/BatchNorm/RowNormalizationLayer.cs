@@ -91,11 +91,7 @@ public abstract class RowNormalizationLayer
         set
         {
             Guard.NotNull(value, nameof(value));
-            if (value != BackwardStrategy.Staged && value != BackwardStrategy.ClosedForm)
-            {
-                throw new ArgumentException($"{GetType().Name} supports the built-in strategies only, not '{value.Name}'.", nameof(value));
-            }
-
+            BackwardStrategy.RequireBuiltIn(value, GetType().Name, nameof(value));
             _backwardStrategy = value;
         }
     }
