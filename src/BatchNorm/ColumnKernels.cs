@@ -198,11 +198,6 @@ internal static class ColumnKernels
         {
             // Scalars until the destination is 32-byte aligned; then aligned streaming stores.
             int i = (int)((32 - ((nuint)destination & 31)) & 31) / sizeof(double);
-            if ((((nuint)destination) & 7) != 0)
-            {
-                return 0;
-            }
-
             for (int k = 0; k < i; k++)
             {
                 op.Apply(Unsafe.Add(ref a0, k), Unsafe.Add(ref b0, k), out double r1, out double r2);

@@ -58,28 +58,27 @@ public class StateTests
         Assert.Throws<InvalidOperationException>(() => target.Backward(Matrix<double>.Build.Dense(2, 3)));
     }
 
-    public static TheoryData<string, string, string> BadStates => new()
+    public static TheoryData<string, string> BadStates => new()
     {
-        { "another version", "version", "2" },
-        { "another format", "format", "\"Something.Else\"" },
-        { "features as text", "features", "\"three\"" },
-        { "non-finite gamma", "gamma", "[1, 1e400, 1]" },
-        { "NaN as a string", "beta", "[0, \"NaN\", 0]" },
-        { "short array", "runningMean", "[0, 0]" },
-        { "negative variance", "runningVariance", "[1, -1, 1]" },
-        { "momentum out of range", "momentum", "1.5" },
-        { "epsilon zero", "epsilon", "0" },
-        { "negative count", "batchesTracked", "-4" },
+        { "version", "2" },
+        { "format", "\"Something.Else\"" },
+        { "features", "\"three\"" },
+        { "gamma", "[1, 1e400, 1]" },
+        { "beta", "[0, \"NaN\", 0]" },
+        { "runningMean", "[0, 0]" },
+        { "runningVariance", "[1, -1, 1]" },
+        { "momentum", "1.5" },
+        { "epsilon", "0" },
+        { "batchesTracked", "-4" },
     };
 
     [Theory]
     [MemberData(nameof(BadStates))]
-    public void A_bad_value_is_rejected_with_its_name_and_changes_nothing(string what, string field, string value)
+    public void A_bad_value_is_rejected_with_its_name_and_changes_nothing(string field, string value)
     {
         JsonNode state = JsonNode.Parse(Trained().ExportState())!;
         state[field] = JsonNode.Parse(value);
         AssertRejected<FormatException>(state.ToJsonString(), field == "version" ? "version 2" : field);
-        Assert.NotNull(what);
     }
 
     [Theory]

@@ -49,6 +49,6 @@ public class TrainingTests
         EpochResult[] results = [new(1, 1, 0.5, 0.8), new(2, 1, 0.5, 0.92), new(3, 1, 0.5, 0.91)];
         Assert.Equal(2, Trainer.EpochsTo(results, 0.9));
         Assert.Null(Trainer.EpochsTo(results, 0.95));
-        Assert.True(results.All(r => r.Epoch > 0));
+        Assert.Equal(1, Trainer.EpochsTo(results, 0.8));
     }
 }
