@@ -19,7 +19,8 @@ public static class GradientReport
         var random = new Random(seed);
         Matrix<double> x = Matrix<double>.Build.Dense(16, 6, (_, j) => (10 * j) + ((1 + j) * (random.NextDouble() - 0.5)));
         Matrix<double> dy = Matrix<double>.Build.Dense(16, 6, (_, _) => random.NextDouble() - 0.5);
-        Console.WriteLine("GradientCheck on BatchNormLayer(6), batch 16×6, fourth-order central differences; CS231n relative error:");
+        Console.WriteLine("GradientCheck on BatchNormLayer(6), batch 16×6, fourth-order central differences;");
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"relative error as in CS231n, with a floor of {GradientCheck.DefaultRelativeFloor:E0} of the gradient's size under each denominator:"));
         Console.WriteLine("  strategy  mode            dx          dγ          dβ");
         bool passed = true;
         foreach (BackwardStrategy strategy in new[] { BackwardStrategy.Staged, BackwardStrategy.ClosedForm })

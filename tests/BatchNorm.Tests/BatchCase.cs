@@ -30,10 +30,8 @@ internal sealed record BatchCase(double[][] Columns, double[] Gamma, double[] Be
 
     public Matrix<double> Dy => Matrix<double>.Build.DenseOfColumnArrays(OutputGradient);
 
-    /// <summary>The smallest spread among the columns, which sets a sensible finite-difference step.</summary>
-    public double MinScale => Math.Sqrt(MinVariance(Columns));
-
-    private static double MinVariance(double[][] columns) => columns.Min(Variance);
+    /// <summary>The spread of column j, or 1 where the column is constant: the scale for its finite-difference step.</summary>
+    public double Scale(int j) => Variance(Columns[j]) is > 0 and double variance ? Math.Sqrt(variance) : 1;
 
     private static double MaxVariance(double[][] columns) => columns.Max(Variance);
 

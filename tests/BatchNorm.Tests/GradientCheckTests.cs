@@ -62,6 +62,67 @@ public class GradientCheckTests
         Assert.Throws<ArgumentException>(() => GradientCheck.RelativeError(a, Vector<double>.Build.Dense(2)));
     }
 
+    [Fact]
+    public void Relative_error_with_a_floor_judges_near_zero_elements_against_the_size_of_the_gradient()
+    {
+        // The largest |a| + |b| is 4, so with a floor of 1e-4 no denominator is below 4e-4.
+        var a = Vector<double>.Build.DenseOfArray([2.0, 1e-7]);
+        var nearZeroOff = Vector<double>.Build.DenseOfArray([2.0, 1.2e-7]);
+        Assert.Equal(2e-8 / 2.2e-7, GradientCheck.RelativeError(a, nearZeroOff, 0), 15);
+        Assert.Equal(2e-8 / 4e-4, GradientCheck.RelativeError(a, nearZeroOff, 1e-4), 15);
+
+        // An error in a large element is measured exactly as without the floor.
+        var largeOff = Vector<double>.Build.DenseOfArray([2.2, 1e-7]);
+        Assert.Equal(0.2 / 4.2, GradientCheck.RelativeError(a, largeOff, 1e-4), 12);
+        Assert.Equal(
+            GradientCheck.RelativeError(a.ToColumnMatrix(), largeOff.ToColumnMatrix(), 1e-4),
+            GradientCheck.RelativeError(a, largeOff, 1e-4));
+    }
+
+    [Fact]
+    public void Relative_error_with_a_zero_floor_is_cs231n_rel_error()
+    {
+        var a = Matrix<double>.Build.DenseOfArray(new[,] { { 1.0, 1e-9 }, { -3.0, 2e-7 } });
+        var b = Matrix<double>.Build.DenseOfArray(new[,] { { 1.1, 3e-9 }, { -3.0, 1e-7 } });
+        Assert.Equal(GradientCheck.RelativeError(a, b), GradientCheck.RelativeError(a, b, 0));
+        Assert.Equal(1.0 / 3, GradientCheck.RelativeError(a, b, 0), 15);
+    }
+
+    [Fact]
+    public void Relative_error_with_a_floor_keeps_nan_allows_zero_gradients_and_checks_its_arguments()
+    {
+        var zero = Vector<double>.Build.Dense(3);
+        Assert.Equal(0, GradientCheck.RelativeError(zero, zero.Clone(), 1e-4));
+        // CS231n's absolute floor of 1e-8 stays, for a gradient that is zero as a whole.
+        Assert.InRange(GradientCheck.RelativeError(zero, Vector<double>.Build.DenseOfArray([0.0, 1e-300, 0.0]), 1e-4), 0.999e-292, 1.001e-292);
+        Assert.Equal(0.25, GradientCheck.RelativeError(zero, Vector<double>.Build.DenseOfArray([0.0, 2.5e-9, 0.0]), 1e-4), 15);
+        Assert.True(double.IsNaN(GradientCheck.RelativeError(zero, Vector<double>.Build.DenseOfArray([0.0, double.NaN, 0.0]), 1e-4)));
+        Assert.Throws<ArgumentOutOfRangeException>(() => GradientCheck.RelativeError(zero, zero, -1e-4));
+        Assert.Throws<ArgumentOutOfRangeException>(() => GradientCheck.RelativeError(zero, zero, 2));
+        Assert.Throws<ArgumentOutOfRangeException>(() => GradientCheck.RelativeError(zero, zero, double.NaN));
+        Assert.Throws<ArgumentException>(() => GradientCheck.RelativeError(zero, Vector<double>.Build.Dense(2), 1e-4));
+        Assert.Throws<ArgumentException>(() => GradientCheck.RelativeError(Matrix<double>.Build.Dense(2, 2), Matrix<double>.Build.Dense(2, 3), 1e-4));
+    }
+
+    [Fact]
+    public void Numerical_gradient_with_a_step_per_element()
+    {
+        // y = X⊙X⊙X·diag(c), L = Σ y⊙G, so dL/dX = 3X²⊙G·diag(c); columns of very different scale each get their own step.
+        var x = Matrix<double>.Build.DenseOfArray(new[,] { { 1e-4, 300.0 }, { -2e-4, 250 } });
+        var g = Matrix<double>.Build.DenseOfArray(new[,] { { 0.3, -1 }, { 0.7, 0.2 } });
+        var c = Matrix<double>.Build.DiagonalOfDiagonalArray([2.0, -0.5]);
+        Matrix<double> steps = Matrix<double>.Build.Dense(2, 2, (_, j) => j == 0 ? 1e-9 : 1e-3);
+        Matrix<double> before = x.Clone();
+        Matrix<double> numerical = GradientCheck.NumericalGradient(m => m.PointwisePower(3) * c, x, g, steps);
+        Matrix<double> analytic = x.PointwisePower(2).PointwiseMultiply(g).Multiply(3) * c;
+        Assert.True(GradientCheck.RelativeError(analytic, numerical) < 1e-9, $"{GradientCheck.RelativeError(analytic, numerical)}");
+        Assert.Equal(before, x);
+
+        Assert.Throws<ArgumentException>(() => GradientCheck.NumericalGradient(m => m, x, g, Matrix<double>.Build.Dense(2, 3, 1e-3)));
+        steps[1, 0] = 0;
+        Assert.Equal("steps", Assert.Throws<ArgumentOutOfRangeException>(() => GradientCheck.NumericalGradient(m => m, x, g, steps)).ParamName);
+    }
+
     [Theory]
     [InlineData(0.0)]
     [InlineData(-1e-5)]
