@@ -87,10 +87,17 @@ public sealed partial class BatchNormLayer
 
     /// <summary>
     /// The closed-form backward pass with the global sums: one all-gather of Σdy and Σdy·x̂ per feature, summed in
-    /// rank order, then dx = γ·istd·(dy − ΣΣdy/N − x̂·ΣΣdy·x̂/N) for this worker's rows.
+    /// rank order, then dx = γ·istd·(dy − ΣΣdy/N − x̂·ΣΣdy·x̂/N) for this worker's rows. With the staged strategy,
+    /// <see cref="BackwardSynchronizedStaged"/> instead.
     /// </summary>
     private void BackwardSynchronized(BatchNormCache cache, IStatisticsExchange exchange, Matrix<double> dy, Matrix<double> dx)
     {
+        if (_backwardStrategy == BackwardStrategy.Staged)
+        {
+            BackwardSynchronizedStaged(cache, exchange, dy, dx);
+            return;
+        }
+
         int workers = exchange.WorkerCount;
         Span<double> local = Buffer(ref _localStatistics, 2 * Features);
         for (int j = 0; j < Features; j++)
@@ -117,6 +124,45 @@ public sealed partial class BatchNormLayer
                 ColumnKernels.ClosedFormInputGradient(
                     DenseColumns.Column(dy, j), cache.NormalizedColumn(j), sumDy / total, sumDyXHat / total, Gamma[j] * cache.InverseStandardDeviation[j], DenseColumns.Column(dx, j), stream: false);
             }
+        }
+    }
+
+    /// <summary>
+    /// The staged backward pass with the global sums. The stages that sum over rows (node y: dγ and dβ; nodes σ² and μ:
+    /// dσ², the direct part of dμ and Σ(x − μ)) run on this worker's rows; one all-gather adds them up in rank order;
+    /// then node x gives this worker's rows of dx with N the total row count.
+    /// </summary>
+    private void BackwardSynchronizedStaged(BatchNormCache cache, IStatisticsExchange exchange, Matrix<double> dy, Matrix<double> dx)
+    {
+        const int slots = 5;
+        int workers = exchange.WorkerCount;
+        Span<double> local = Buffer(ref _localStatistics, slots * Features);
+        for (int j = 0; j < Features; j++)
+        {
+            Span<double> dXHat = DenseColumns.Column(dx, j);
+            StagedBackward.OutputNode(DenseColumns.Column(dy, j), cache.NormalizedColumn(j), Gamma[j], dXHat, out local[slots * j], out local[(slots * j) + 1]);
+            StagedBackward.StatisticsNodes(
+                cache.NormalizedColumn(j), cache.InverseStandardDeviation[j], dXHat, out local[(slots * j) + 2], out local[(slots * j) + 3], out local[(slots * j) + 4]);
+        }
+
+        Span<double> gathered = Buffer(ref _gatheredStatistics, workers * local.Length);
+        exchange.AllGather(local, gathered);
+        for (int j = 0; j < Features; j++)
+        {
+            double dGamma = 0, dBeta = 0, dVariance = 0, dMean = 0, sumCentered = 0;
+            for (int r = 0; r < workers; r++)
+            {
+                int at = (r * local.Length) + (slots * j);
+                dGamma += gathered[at];
+                dBeta += gathered[at + 1];
+                dVariance += gathered[at + 2];
+                dMean += gathered[at + 3];
+                sumCentered += gathered[at + 4];
+            }
+
+            _gammaGradientScratch[j] = dGamma;
+            _betaGradientScratch[j] = dBeta;
+            StagedBackward.InputNode(cache.NormalizedColumn(j), cache.InverseStandardDeviation[j], cache.GlobalBatchSize, dVariance, dMean, sumCentered, DenseColumns.Column(dx, j));
         }
     }
 

@@ -190,7 +190,12 @@ public sealed partial class BatchNormLayer
     /// BetaGradient are the whole batch's. Inference needs no exchange and makes no call to it.
     /// </summary>
     /// <exception cref="InvalidOperationException">Set while <see cref="VirtualBatchSize"/> is set: the two do not combine.</exception>
-    /// <remarks>Synchronized training uses the closed-form backward pass, whatever <see cref="BackwardStrategy"/> is.</remarks>
+    /// <remarks>
+    /// Both built-in strategies work synchronized: <see cref="BackwardStrategy.Staged"/> adds up its per-row sums (dγ, dβ,
+    /// dσ², the direct part of dμ and Σ(x − μ)) across workers, <see cref="BackwardStrategy.ClosedForm"/> its Σdy and
+    /// Σdy·x̂. A strategy defined outside the library cannot take part in the exchange; synchronized training then
+    /// uses the closed form.
+    /// </remarks>
     public IStatisticsExchange? StatisticsExchange
     {
         get => _exchange;

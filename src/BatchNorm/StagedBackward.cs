@@ -62,10 +62,33 @@ internal sealed class StagedBackward : BackwardStrategy
     internal override void Segment(
         ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, double gamma, double inverseStd, double epsilon, bool training, Span<double> dx, out double gammaGradient, out double betaGradient)
     {
-        int n = dy.Length;
-        double std = 1.0 / inverseStd;
+        OutputNode(dy, xHat, gamma, dx, out gammaGradient, out betaGradient);
+        Span<double> dXHat = dx;
+        if (!training)
+        {
+            // Inference Forward: μ and σ² were the running statistics, constants here,
+            // so x̂ᵢ = (xᵢ − μ)·(σ² + ε)^(−½) is the only path from xᵢ to the loss.
+            for (int i = 0; i < dy.Length; i++)
+            {
+                dx[i] = dXHat[i] * inverseStd;
+            }
 
-        // Node y = γ·x̂ + β. γ and β feed every row, so their gradients sum over the rows.
+            return;
+        }
+
+        StatisticsNodes(xHat, inverseStd, dXHat, out double dVariance, out double dMean, out double sumCentered);
+        InputNode(xHat, inverseStd, dy.Length, dVariance, dMean, sumCentered, dx);
+    }
+
+    /// <summary>
+    /// Node y = γ·x̂ + β: dL/dγ and dL/dβ, and dL/dx̂ written into <paramref name="dXHat"/>
+    /// (which may be the same memory as <paramref name="dy"/>).
+    /// </summary>
+    internal static void OutputNode(ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, double gamma, Span<double> dXHat, out double gammaGradient, out double betaGradient)
+    {
+        int n = dy.Length;
+
+        // γ and β feed every row, so their gradients sum over the rows.
         double dBeta = 0, dGamma = 0;
         for (int i = 0; i < n; i++)
         {
@@ -76,25 +99,22 @@ internal sealed class StagedBackward : BackwardStrategy
         gammaGradient = dGamma;
         betaGradient = dBeta;
 
-        // dL/dx̂ᵢ = dyᵢ·γ. It is kept in dx, which the last stage overwrites element by element.
-        // (dy has been read in full above, so dx may be the same memory as dy.)
-        Span<double> dXHat = dx;
+        // dL/dx̂ᵢ = dyᵢ·γ. (dy has been read in full above, so dX̂ may be the same memory as dy.)
         for (int i = 0; i < n; i++)
         {
             dXHat[i] = dy[i] * gamma;
         }
+    }
 
-        if (!training)
-        {
-            // Inference Forward: μ and σ² were the running statistics, constants here,
-            // so x̂ᵢ = (xᵢ − μ)·(σ² + ε)^(−½) is the only path from xᵢ to the loss.
-            for (int i = 0; i < n; i++)
-            {
-                dx[i] = dXHat[i] * inverseStd;
-            }
-
-            return;
-        }
+    /// <summary>
+    /// Nodes σ² and μ, as sums over the rows: dL/dσ², the direct part of dL/dμ, and Σᵢ (xᵢ − μ) for the σ² part.
+    /// These three sums (with dγ and dβ) are all that couples the rows; synchronized workers add them up across
+    /// workers before <see cref="InputNode"/>.
+    /// </summary>
+    internal static void StatisticsNodes(ReadOnlySpan<double> xHat, double inverseStd, ReadOnlySpan<double> dXHat, out double dVarianceSum, out double dMeanSum, out double centeredSum)
+    {
+        int n = xHat.Length;
+        double std = 1.0 / inverseStd;
 
         // Node x̂ᵢ = (xᵢ − μ)·(σ² + ε)^(−½). σ² feeds every x̂ᵢ:
         // dσ² = Σᵢ dx̂ᵢ·(xᵢ − μ)·(−½)·(σ² + ε)^(−3/2), where xᵢ − μ = x̂ᵢ·√(σ² + ε).
@@ -105,7 +125,7 @@ internal sealed class StagedBackward : BackwardStrategy
             dVariance += dXHat[i] * centered * -0.5 * inverseStd * inverseStd * inverseStd;
         }
 
-        // μ feeds every x̂ᵢ directly and also σ² = (1/N)·Σᵢ (xᵢ − μ)²: both paths add to dμ.
+        // μ feeds every x̂ᵢ directly and also σ² = (1/N)·Σᵢ (xᵢ − μ)²: both paths add to dμ (see InputNode for the second).
         double dMean = 0;
         for (int i = 0; i < n; i++)
         {
@@ -118,11 +138,25 @@ internal sealed class StagedBackward : BackwardStrategy
             sumCentered += xHat[i] * std;
         }
 
+        dVarianceSum = dVariance;
+        dMeanSum = dMean;
+        centeredSum = sumCentered;
+    }
+
+    /// <summary>
+    /// Node x: each xᵢ feeds x̂ᵢ, σ² and μ. <paramref name="n"/> is the number of rows μ and σ² were taken over
+    /// (all workers' rows when synchronized); <paramref name="dx"/> holds dL/dx̂ on entry and dL/dx on return.
+    /// </summary>
+    internal static void InputNode(ReadOnlySpan<double> xHat, double inverseStd, int n, double dVariance, double dMean, double sumCentered, Span<double> dx)
+    {
+        double std = 1.0 / inverseStd;
+        ReadOnlySpan<double> dXHat = dx;
+
         // The σ² path carries Σᵢ (xᵢ − μ), which is zero in exact arithmetic; it is kept to show the fan-out.
         dMean += dVariance * (-2.0 / n) * sumCentered;
 
         // Each xᵢ feeds x̂ᵢ, σ² and μ: three contributions.
-        for (int i = 0; i < n; i++)
+        for (int i = 0; i < xHat.Length; i++)
         {
             double centered = xHat[i] * std;
             double dxi = dXHat[i] * inverseStd;        // through x̂ᵢ

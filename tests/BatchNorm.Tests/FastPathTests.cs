@@ -95,7 +95,7 @@ public class FastPathTests
         (Matrix<double> x, Matrix<double> dy) = Inputs(rows, features, seed: 9);
         Matrix<double> y = Matrix<double>.Build.Dense(rows, features), dx = Matrix<double>.Build.Dense(rows, features);
         var layer = new BatchNormLayer(features) { MaxDegreeOfParallelism = threads };
-        void Step()
+        AssertSteadyStateAllocatesNothing(() =>
         {
             layer.IsTraining = true;
             layer.Forward(x, y);
@@ -103,14 +103,60 @@ public class FastPathTests
             layer.IsTraining = false;
             layer.Forward(x, y);
             layer.Backward(dy, dx);
-        }
+        });
+    }
 
-        // Steady state: the first steps allocate the caches, and the runtime's tiered JIT replaces code for a
-        // while. Run rounds of ten steps until three in a row allocate nothing at all, process-wide; an
-        // allocation per step would show in every round. The calling thread is checked the same way.
+    public static TheoryData<string, string> OtherLayers => new()
+    {
+        { "ghost batches", "staged" },
+        { "ghost batches", "closed" },
+        { "layer norm", "staged" },
+        { "layer norm", "closed" },
+        { "group norm", "staged" },
+        { "group norm", "closed" },
+        { "batch renorm", "staged" },
+        { "batch renorm", "closed" },
+    };
+
+    [Theory]
+    [MemberData(nameof(OtherLayers))]
+    public void Steady_state_steps_of_the_other_layers_allocate_nothing(string kind, string strategyName)
+    {
+        BackwardStrategy strategy = strategyName == "staged" ? BackwardStrategy.Staged : BackwardStrategy.ClosedForm;
+        (Matrix<double> x, Matrix<double> dy) = Inputs(256, 24, seed: 5);
+        Matrix<double> y = Matrix<double>.Build.Dense(256, 24), dx = Matrix<double>.Build.Dense(256, 24);
+        Action step = kind switch
+        {
+            "ghost batches" => TrainAndInfer(new BatchNormLayer(24, backward: strategy) { VirtualBatchSize = 32 }, (l, t) => l.IsTraining = t, (l, a, b) => l.Forward(a, b), (l, a, b) => l.Backward(a, b)),
+            "layer norm" => TrainAndInfer(new LayerNormLayer(24, backward: strategy), (_, _) => { }, (l, a, b) => l.Forward(a, b), (l, a, b) => l.Backward(a, b)),
+            "group norm" => TrainAndInfer(new GroupNormLayer(24, 4, backward: strategy), (_, _) => { }, (l, a, b) => l.Forward(a, b), (l, a, b) => l.Backward(a, b)),
+            _ => TrainAndInfer(new BatchRenormLayer(24, backward: strategy), (l, t) => l.IsTraining = t, (l, a, b) => l.Forward(a, b), (l, a, b) => l.Backward(a, b)),
+        };
+        AssertSteadyStateAllocatesNothing(step);
+
+        Action TrainAndInfer<TLayer>(TLayer layer, Action<TLayer, bool> setTraining, Action<TLayer, Matrix<double>, Matrix<double>> forward, Action<TLayer, Matrix<double>, Matrix<double>> backward)
+            => () =>
+            {
+                setTraining(layer, true);
+                forward(layer, x, y);
+                backward(layer, dy, dx);
+                setTraining(layer, false);
+                forward(layer, x, y);
+                backward(layer, dy, dx);
+            };
+    }
+
+    /// <summary>
+    /// Runs rounds of ten steps until three in a row allocate nothing at all, process-wide; an allocation per step
+    /// would show in every round. The first steps allocate the caches, and the runtime's tiered JIT replaces code
+    /// for a while, hence the rounds. The calling thread is checked the same way.
+    /// </summary>
+    private static void AssertSteadyStateAllocatesNothing(Action step)
+    {
         // In an unoptimized (Debug) build a step is slow enough that the thread pool injects threads, which
         // allocates process-wide; there only the calling thread is held to zero.
         bool optimized = typeof(BatchNormLayer).Assembly.GetCustomAttribute<DebuggableAttribute>()?.IsJITOptimizerDisabled != true;
+
         // Other threads of the test host (result reporting, for one) may allocate while this runs, more so on a
         // loaded machine. So rounds go on for at least 100 and at least 5 s of wall time, whichever is later,
         // before the test gives up; a step that allocates still never gets a single quiet round.
@@ -122,7 +168,7 @@ public class FastPathTests
             long total = GC.GetTotalAllocatedBytes(precise: true), mine = GC.GetAllocatedBytesForCurrentThread();
             for (int i = 0; i < 10; i++)
             {
-                Step();
+                step();
             }
 
             long byMe = GC.GetAllocatedBytesForCurrentThread() - mine, byAll = GC.GetTotalAllocatedBytes(precise: true) - total;

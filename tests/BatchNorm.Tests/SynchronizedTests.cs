@@ -30,9 +30,13 @@ public class SynchronizedTests
         }
     }
 
-    [Fact]
-    public void K_workers_on_threads_match_one_layer_on_the_concatenated_batch()
+    public static TheoryData<string> Strategies => new() { "staged", "closed" };
+
+    [Theory]
+    [MemberData(nameof(Strategies))]
+    public void K_workers_on_threads_match_one_layer_on_the_concatenated_batch(string strategyName)
     {
+        BackwardStrategy strategy = strategyName == "staged" ? BackwardStrategy.Staged : BackwardStrategy.ClosedForm;
         var cases = Arb.From(
             from workers in Gen.Choose(2, 4)
             from c in BatchCase.Arbitrary(minRows: 8, maxRows: 24, maxFeatures: 4).Generator
@@ -43,12 +47,12 @@ public class SynchronizedTests
             (BatchCase c, int[] cuts) = t;
             int[] bounds = [0, .. cuts, c.Rows];
             int workers = bounds.Length - 1;
-            BatchNormLayer whole = c.Layer(BackwardStrategy.ClosedForm);
+            BatchNormLayer whole = c.Layer(strategy);
             var slots = new double[workers][];
             using var barrier = new Barrier(workers);
             BatchNormLayer[] layers = Enumerable.Range(0, workers).Select(r =>
             {
-                BatchNormLayer layer = c.Layer(BackwardStrategy.ClosedForm);
+                BatchNormLayer layer = c.Layer(strategy);
                 layer.StatisticsExchange = new BarrierExchange(r, slots, barrier);
                 return layer;
             }).ToArray();
