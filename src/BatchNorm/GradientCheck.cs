@@ -253,10 +253,10 @@ public static class GradientCheck
     /// <param name="outputGradient">g = dL/dy, N×D; choose it non-uniform, since Σx̂ = 0 lets a uniform one pass trivially.</param>
     /// <param name="relativeStep">
     /// The step as a fraction of the scale of what is probed: each element of column j of x moves by
-    /// relativeStep·σⱼ (σⱼ the column's standard deviation, or with ghost batches that of the element's block; 1 where it
-    /// is constant), and each γ or β by
-    /// relativeStep·max(1, |value|). Batch norm is invariant to each column's offset and scale, so a step
-    /// relative to the spread keeps the difference quotient equally accurate for every column.
+    /// relativeStep·√(σⱼ² + ε), the scale the layer divides by (σⱼ² the column's biased variance in training, or with
+    /// ghost batches that of the element's block; the running variance in inference), and each γ or β by
+    /// relativeStep·max(1, |value|). Batch norm is invariant to each column's offset and scale, so a step relative to
+    /// that scale keeps the difference quotient equally accurate for every column, a nearly constant one included.
     /// </param>
     /// <returns>
     /// The relative errors of dL/dx, dL/dγ and dL/dβ, each with a floor of <see cref="DefaultRelativeFloor"/> times the
@@ -276,12 +276,15 @@ public static class GradientCheck
         try
         {
             Matrix<double> probe = input.Clone();
-            // With ghost batches each block of rows is normalized on its own, so each block gets its own step.
+            // The layer divides by √(σ² + ε), so that is the scale on which its output changes: the batch's σ² in
+            // training (with ghost batches each block's, so each block gets its own step), the running one in inference.
             int block = layer.IsTraining && layer.VirtualBatchSize is int g ? g : input.RowCount;
             Matrix<double> steps = Matrix<double>.Build.Dense((input.RowCount + block - 1) / block, input.ColumnCount, (b, j) =>
             {
-                double spread = Math.Sqrt(input.Column(j, b * block, Math.Min(block, input.RowCount - (b * block))).PopulationVariance());
-                return relativeStep * (spread > 0 ? spread : 1);
+                double variance = layer.IsTraining
+                    ? input.Column(j, b * block, Math.Min(block, input.RowCount - (b * block))).PopulationVariance()
+                    : runningVariance[j];
+                return relativeStep * Math.Sqrt(variance + layer.Epsilon);
             });
             Matrix<double> numericalInput = EachElement(probe, (get, set, row, column) => FourthOrderDifference(() => layer.Forward(probe), get, set, steps[row / block, column], outputGradient));
             Vector<double> numericalGamma = ParameterGradient(layer, layer.Gamma, input, outputGradient, relativeStep);

@@ -30,8 +30,8 @@ internal sealed record BatchCase(double[][] Columns, double[] Gamma, double[] Be
 
     public Matrix<double> Dy => Matrix<double>.Build.DenseOfColumnArrays(OutputGradient);
 
-    /// <summary>The spread of column j, or 1 where the column is constant: the scale for its finite-difference step.</summary>
-    public double Scale(int j) => Variance(Columns[j]) is > 0 and double variance ? Math.Sqrt(variance) : 1;
+    /// <summary>√(σⱼ² + ε), the scale a batch norm divides column j by: the scale for its finite-difference step.</summary>
+    public double Scale(int j) => Math.Sqrt(Variance(Columns[j]) + Epsilon);
 
     private static double MaxVariance(double[][] columns) => columns.Max(Variance);
 

@@ -149,6 +149,25 @@ public class GradientCheckTests
         Assert.True(GradientCheck.Check(layer, x, dy).Max < 1e-8);
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Check_steps_on_the_scale_the_layer_divides_by_so_nearly_constant_columns_stay_accurate(bool training)
+    {
+        // Column 0 differs by 1e-9 between its rows: a step relative to that spread would move x by 1e-12 and
+        // drown the difference in rounding noise, although the layer's output changes on the scale √(σ² + ε).
+        var x = Matrix<double>.Build.DenseOfArray(new[,] { { -65.6384, 41.2505 }, { -65.6384 + 1e-9, 41.1375 }, { -65.6384, 41.3 } });
+        var dy = Matrix<double>.Build.DenseOfArray(new[,] { { -0.625476, 0.700992 }, { 0.884044, -0.998792 }, { 0.1, 0.25 } });
+        foreach (BackwardStrategy strategy in new[] { BackwardStrategy.Staged, BackwardStrategy.ClosedForm })
+        {
+            var layer = new BatchNormLayer(2, epsilon: 0.02, backward: strategy);
+            layer.Forward(x);
+            layer.IsTraining = training;
+            GradientCheckResult errors = GradientCheck.Check(layer, x, dy);
+            Assert.True(errors.Max < 1e-8, $"{strategy}: dx {errors.Input:E2}, dγ {errors.Gamma:E2}, dβ {errors.Beta:E2}");
+        }
+    }
+
     /// <summary>A strategy a student might write: it treats μ and σ² as constants even in training.</summary>
     private sealed class ForgetsTheMeanPath : BackwardStrategy
     {

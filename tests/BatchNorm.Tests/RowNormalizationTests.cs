@@ -210,14 +210,14 @@ public class RowNormalizationTests
     internal static void CheckGradients(RowNormalizationLayer layer, RowCase c)
     {
         // x: Richardson's extrapolation of two central differences, (4·g(h) − g(2h))/3, fourth-order accurate, with
-        // each element's step a fraction of the spread of the group it is normalized with (1 where that is constant).
+        // each element's step a fraction of √(σ² + ε) of the group it is normalized with, the scale the layer divides by.
         // γ and β: y is linear in them, so a large step is exact up to rounding and keeps rounding noise small.
         int groups = layer is GroupNormLayer group ? group.Groups : 1, size = c.X.ColumnCount / groups;
         Matrix<double> h = Matrix<double>.Build.Dense(c.X.RowCount, c.X.ColumnCount, (i, j) =>
         {
             double[] values = Enumerable.Range(j / size * size, size).Select(k => c.X[i, k]).ToArray();
-            double mean = values.Average(), spread = Math.Sqrt(values.Average(v => (v - mean) * (v - mean)));
-            return 1e-3 * (spread > 0 ? spread : 1);
+            double mean = values.Average(), variance = values.Average(v => (v - mean) * (v - mean));
+            return 1e-3 * Math.Sqrt(variance + layer.Epsilon);
         });
         Matrix<double> numericalX = ((GradientCheck.NumericalGradient(m => layer.Forward(m), c.X.Clone(), c.Dy, h) * 4)
             - GradientCheck.NumericalGradient(m => layer.Forward(m), c.X.Clone(), c.Dy, h * 2)) / 3;
