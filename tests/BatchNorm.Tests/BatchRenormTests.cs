@@ -64,21 +64,9 @@ public class BatchRenormTests
             Assert.All(layer.R, r => Assert.Equal(0.5, r));
             Assert.All(layer.D, d => Assert.Equal(0.5, Math.Abs(d)));
 
-            // Richardson's extrapolation of two central differences, (4·g(h) − g(2h))/3, is fourth-order accurate.
-            // Each column's step is a fraction of its own spread: one step for all, from the smallest spread, is so
-            // fine for a wide column that rounding noise swamps the difference.
+            // Each column's step is a fraction of √(σ² + ε), the scale the layer divides it by.
             Matrix<double> h = Matrix<double>.Build.Dense(c.Rows, c.Features, (_, j) => 1e-3 * c.Scale(j));
-            Matrix<double> numerical = (GradientCheck.NumericalGradient(m => layer.Forward(m), c.Input.Clone(), c.Dy, h) * 4
-                - GradientCheck.NumericalGradient(m => layer.Forward(m), c.Input.Clone(), c.Dy, h * 2)) / 3;
-            // y is linear in γ and β, so a large step is exact up to rounding and keeps the rounding noise small.
-            Vector<double> numericalGamma = GradientCheck.NumericalGradient(_ => layer.Forward(c.Input), layer.Gamma, c.Dy, step: 0.5);
-            Vector<double> numericalBeta = GradientCheck.NumericalGradient(_ => layer.Forward(c.Input), layer.Beta, c.Dy, step: 0.5);
-            layer.Forward(c.Input);
-            Matrix<double> dx = layer.Backward(c.Dy);
-            double errorX = GradientCheck.RelativeError(dx, numerical, GradientCheck.DefaultRelativeFloor);
-            double errorGamma = GradientCheck.RelativeError(layer.GammaGradient, numericalGamma, GradientCheck.DefaultRelativeFloor);
-            double errorBeta = GradientCheck.RelativeError(layer.BetaGradient, numericalBeta, GradientCheck.DefaultRelativeFloor);
-            Assert.True(Math.Max(errorX, Math.Max(errorGamma, errorBeta)) < 1e-6, $"relative errors dx {errorX:E2}, dγ {errorGamma:E2}, dβ {errorBeta:E2}");
+            CentralDifferences.AssertBackwardMatches(layer.Forward, layer.Backward, layer.Gamma, layer.Beta, () => (layer.GammaGradient, layer.BetaGradient), c.Input, c.Dy, h);
         });
     }
 

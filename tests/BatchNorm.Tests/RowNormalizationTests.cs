@@ -209,9 +209,7 @@ public class RowNormalizationTests
 
     internal static void CheckGradients(RowNormalizationLayer layer, RowCase c)
     {
-        // x: Richardson's extrapolation of two central differences, (4·g(h) − g(2h))/3, fourth-order accurate, with
-        // each element's step a fraction of √(σ² + ε) of the group it is normalized with, the scale the layer divides by.
-        // γ and β: y is linear in them, so a large step is exact up to rounding and keeps rounding noise small.
+        // Each element's step is a fraction of √(σ² + ε) of the group it is normalized with, the scale the layer divides by.
         int groups = layer is GroupNormLayer group ? group.Groups : 1, size = c.X.ColumnCount / groups;
         Matrix<double> h = Matrix<double>.Build.Dense(c.X.RowCount, c.X.ColumnCount, (i, j) =>
         {
@@ -219,16 +217,7 @@ public class RowNormalizationTests
             double mean = values.Average(), variance = values.Average(v => (v - mean) * (v - mean));
             return 1e-3 * Math.Sqrt(variance + layer.Epsilon);
         });
-        Matrix<double> numericalX = ((GradientCheck.NumericalGradient(m => layer.Forward(m), c.X.Clone(), c.Dy, h) * 4)
-            - GradientCheck.NumericalGradient(m => layer.Forward(m), c.X.Clone(), c.Dy, h * 2)) / 3;
-        Vector<double> numericalGamma = GradientCheck.NumericalGradient(_ => layer.Forward(c.X), layer.Gamma, c.Dy, step: 0.5);
-        Vector<double> numericalBeta = GradientCheck.NumericalGradient(_ => layer.Forward(c.X), layer.Beta, c.Dy, step: 0.5);
-        layer.Forward(c.X);
-        Matrix<double> dx = layer.Backward(c.Dy);
-        double errorX = GradientCheck.RelativeError(dx, numericalX, GradientCheck.DefaultRelativeFloor);
-        double errorGamma = GradientCheck.RelativeError(layer.GammaGradient, numericalGamma, GradientCheck.DefaultRelativeFloor);
-        double errorBeta = GradientCheck.RelativeError(layer.BetaGradient, numericalBeta, GradientCheck.DefaultRelativeFloor);
-        Assert.True(Math.Max(errorX, Math.Max(errorGamma, errorBeta)) < 1e-6, $"relative errors dx {errorX:E2}, dγ {errorGamma:E2}, dβ {errorBeta:E2}");
+        CentralDifferences.AssertBackwardMatches(layer.Forward, layer.Backward, layer.Gamma, layer.Beta, () => (layer.GammaGradient, layer.BetaGradient), c.X, c.Dy, h);
     }
 
     private sealed class CustomStrategy : BackwardStrategy
