@@ -87,17 +87,10 @@ public sealed partial class BatchNormLayer
 
     /// <summary>
     /// The closed-form backward pass with the global sums: one all-gather of Σdy and Σdy·x̂ per feature, summed in
-    /// rank order, then dx = γ·istd·(dy − ΣΣdy/N − x̂·ΣΣdy·x̂/N) for this worker's rows. With the staged strategy,
-    /// <see cref="BackwardSynchronizedStaged"/> instead.
+    /// rank order, then dx = γ·istd·(dy − ΣΣdy/N − x̂·ΣΣdy·x̂/N) for this worker's rows.
     /// </summary>
-    private void BackwardSynchronized(BatchNormCache cache, IStatisticsExchange exchange, Matrix<double> dy, Matrix<double> dx)
+    private void BackwardSynchronizedClosedForm(BatchNormCache cache, IStatisticsExchange exchange, Matrix<double> dy, Matrix<double> dx)
     {
-        if (_backwardStrategy == BackwardStrategy.Staged)
-        {
-            BackwardSynchronizedStaged(cache, exchange, dy, dx);
-            return;
-        }
-
         int workers = exchange.WorkerCount;
         Span<double> local = Buffer(ref _localStatistics, 2 * Features);
         for (int j = 0; j < Features; j++)

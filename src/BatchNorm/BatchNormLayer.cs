@@ -393,7 +393,15 @@ public sealed partial class BatchNormLayer
         Matrix<double> dx = DenseColumns.DenseTarget(inputGradient, ref _inputGradientScratch);
         if (cache.IsTraining && cache.Exchange is { } exchange)
         {
-            BackwardSynchronized(cache, exchange, dy, dx);
+            // A strategy defined outside the library cannot take part in the exchange; it gets the closed form.
+            if (_backwardStrategy == BackwardStrategy.Staged)
+            {
+                BackwardSynchronizedStaged(cache, exchange, dy, dx);
+            }
+            else
+            {
+                BackwardSynchronizedClosedForm(cache, exchange, dy, dx);
+            }
         }
         else
         {

@@ -151,21 +151,7 @@ public static class GradientCheck
     /// <exception cref="ArgumentNullException">An argument is null.</exception>
     /// <exception cref="ArgumentException">The shapes differ.</exception>
     public static double RelativeError(Matrix<double> analytic, Matrix<double> numerical)
-    {
-        Guard.NotNull(analytic, nameof(analytic));
-        Guard.NotNull(numerical, nameof(numerical));
-        Guard.SameShape(numerical, analytic.RowCount, analytic.ColumnCount, nameof(numerical), nameof(analytic));
-        double worst = 0;
-        for (int j = 0; j < analytic.ColumnCount; j++)
-        {
-            for (int i = 0; i < analytic.RowCount; i++)
-            {
-                worst = Worse(worst, RelativeError(analytic[i, j], numerical[i, j]));
-            }
-        }
-
-        return worst;
-    }
+        => RelativeError(analytic, numerical, relativeFloor: 0);
 
     /// <summary>The largest element-wise relative error of two vectors; see <see cref="RelativeError(Matrix{double}, Matrix{double})"/>.</summary>
     /// <param name="analytic">One gradient.</param>
@@ -174,18 +160,7 @@ public static class GradientCheck
     /// <exception cref="ArgumentNullException">An argument is null.</exception>
     /// <exception cref="ArgumentException">The lengths differ.</exception>
     public static double RelativeError(Vector<double> analytic, Vector<double> numerical)
-    {
-        Guard.NotNull(analytic, nameof(analytic));
-        Guard.NotNull(numerical, nameof(numerical));
-        Guard.Length(numerical, analytic.Count, nameof(numerical));
-        double worst = 0;
-        for (int i = 0; i < analytic.Count; i++)
-        {
-            worst = Worse(worst, RelativeError(analytic[i], numerical[i]));
-        }
-
-        return worst;
-    }
+        => RelativeError(analytic, numerical, relativeFloor: 0);
 
     /// <summary>
     /// The largest element-wise relative error, with a floor under each denominator set by the size of the whole
