@@ -228,7 +228,7 @@ public class BadInputTests
     public void A_strategy_called_directly_checks_its_arguments()
     {
         BatchNormLayer layer = Primed();
-        BatchNormCache cache = layer.Cache!;
+        NormalizationCache cache = layer.Cache!;
         var v = Vector<double>.Build.Dense(3);
         var m = Matrix<double>.Build.Dense(3, 3);
         Assert.Throws<ArgumentNullException>(() => BackwardStrategy.Staged.Backward(null!, v, m, m, v, v));

@@ -44,7 +44,7 @@ public class GhostBatchTests
             Assert.Equal(blockwise.RunningMean, ghost.RunningMean);
             Assert.Equal(blockwise.RunningVariance, ghost.RunningVariance);
             Assert.Equal(c.Rows / size, ghost.BatchesTracked);
-            Assert.Equal(c.Rows / size, ghost.Cache!.VirtualBatches);
+            Assert.Equal(c.Rows / size, ghost.Cache!.RowBlocks);
         });
     }
 
@@ -72,7 +72,7 @@ public class GhostBatchTests
         ghost.Forward(x.SubMatrix(0, 4, 0, 2));
         plain.IsTraining = ghost.IsTraining = false;
         Assert.Equal(plain.Forward(x), ghost.Forward(x));
-        Assert.Equal(1, ghost.Cache!.VirtualBatches);
+        Assert.Equal(1, ghost.Cache!.RowBlocks);
     }
 
     [Fact]

@@ -173,15 +173,23 @@ public class GradientCheckTests
     {
         public override string Name => "broken";
 
-        protected override void BackwardCore(
-            BatchNormCache cache, Vector<double> gamma, Matrix<double> outputGradient, Matrix<double> inputGradient, Vector<double> gammaGradient, Vector<double> betaGradient)
+        public override int SumCount => ParameterSums;
+
+        protected override void SegmentSumsCore(in BackwardSegment segment, Span<double> sums, Span<double> inputGradient)
         {
-            Matrix<double> xHat = cache.NormalizedInputToMatrix();
-            for (int j = 0; j < cache.Features; j++)
+            sums[0] = sums[1] = 0;
+            for (int i = 0; i < segment.Length; i++)
             {
-                betaGradient[j] = outputGradient.Column(j).Sum();
-                gammaGradient[j] = outputGradient.Column(j).DotProduct(xHat.Column(j));
-                inputGradient.SetColumn(j, outputGradient.Column(j) * (gamma[j] * cache.InverseStandardDeviation[j]));
+                sums[0] += segment.OutputGradient[i] * segment.NormalizedInput[i];
+                sums[1] += segment.OutputGradient[i];
+            }
+        }
+
+        protected override void SegmentInputGradientCore(in BackwardSegment segment, ReadOnlySpan<double> sums, Span<double> inputGradient)
+        {
+            for (int i = 0; i < segment.Length; i++)
+            {
+                inputGradient[i] = segment.OutputGradient[i] * segment.Gamma * segment.InverseStandardDeviation;
             }
         }
     }

@@ -112,7 +112,7 @@ public class HardCaseTests
 
         Matrix<double> y = layer.Forward(Matrix<double>.Build.DenseOfColumnArrays(columns));
         Matrix<double> dx = layer.Backward(Matrix<double>.Build.DenseOfColumnArrays(dy));
-        BatchNormCache cache = layer.Cache!;
+        NormalizationCache cache = layer.Cache!;
         for (int j = 0; j < d; j++)
         {
             var exact = new ExactColumn(columns[j], gamma[j], beta[j], epsilon, dy[j]);

@@ -10,7 +10,7 @@ internal sealed class LayerSnapshot
     private readonly long _batches;
     private readonly bool _training;
     private readonly BackwardStrategy _strategy;
-    private readonly BatchNormCache? _cache;
+    private readonly NormalizationCache? _cache;
     private readonly double[]? _xHat, _mean, _variance, _inverseStd;
     private readonly bool? _cacheTraining;
 

@@ -198,7 +198,7 @@ public class RowNormalizationTests
         badGradient[0, 1] = double.PositiveInfinity;
         Assert.Contains("Column 1", Assert.Throws<ArgumentException>(() => layer.Backward(badGradient)).Message);
         Assert.Throws<ArgumentNullException>(() => layer.Forward(null!));
-        Assert.Throws<ArgumentException>(() => layer.BackwardStrategy = new CustomStrategy());
+        Assert.Throws<ArgumentException>(() => layer.BackwardStrategy = new TooFewSums());
 
         // The cache is still the last good Forward's, and the gradients are unchanged.
         Assert.Equal(gamma, layer.GammaGradient.ToArray());
@@ -207,7 +207,7 @@ public class RowNormalizationTests
         Assert.Equal(y, layer.Forward(x));
     }
 
-    internal static void CheckGradients(RowNormalizationLayer layer, RowCase c)
+    internal static void CheckGradients(NormalizationLayer layer, RowCase c)
     {
         // Each element's step is a fraction of √(σ² + ε) of the group it is normalized with, the scale the layer divides by.
         int groups = layer is GroupNormLayer group ? group.Groups : 1, size = c.X.ColumnCount / groups;
@@ -220,11 +220,15 @@ public class RowNormalizationTests
         CentralDifferences.AssertBackwardMatches(layer.Forward, layer.Backward, layer.Gamma, layer.Beta, () => (layer.GammaGradient, layer.BetaGradient), c.X, c.Dy, h);
     }
 
-    private sealed class CustomStrategy : BackwardStrategy
+    /// <summary>A strategy that does not provide Σdy·x̂ and Σdy, which every layer needs for dγ and dβ.</summary>
+    private sealed class TooFewSums : BackwardStrategy
     {
-        public override string Name => "custom";
+        public override string Name => "too few sums";
 
-        protected override void BackwardCore(BatchNormCache cache, Vector<double> gamma, Matrix<double> outputGradient, Matrix<double> inputGradient, Vector<double> gammaGradient, Vector<double> betaGradient)
-            => throw new NotSupportedException();
+        public override int SumCount => 1;
+
+        protected override void SegmentSumsCore(in BackwardSegment segment, Span<double> sums, Span<double> inputGradient) => throw new NotSupportedException();
+
+        protected override void SegmentInputGradientCore(in BackwardSegment segment, ReadOnlySpan<double> sums, Span<double> inputGradient) => throw new NotSupportedException();
     }
 }

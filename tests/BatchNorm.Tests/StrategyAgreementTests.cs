@@ -18,7 +18,7 @@ public class StrategyAgreementTests
             layer.Forward(c.Input);
             layer.IsTraining = training;
             layer.Forward(c.Input);
-            BatchNormCache cache = layer.Cache!;
+            NormalizationCache cache = layer.Cache!;
 
             var (closedDx, closedGamma, closedBeta) = Run(BackwardStrategy.ClosedForm, cache, layer.Gamma, c.Dy);
             var (stagedDx, stagedGamma, stagedBeta) = Run(BackwardStrategy.Staged, cache, layer.Gamma, c.Dy);
@@ -45,7 +45,7 @@ public class StrategyAgreementTests
         });
     }
 
-    private static (Matrix<double> Dx, Vector<double> DGamma, Vector<double> DBeta) Run(BackwardStrategy strategy, BatchNormCache cache, Vector<double> gamma, Matrix<double> dy)
+    private static (Matrix<double> Dx, Vector<double> DGamma, Vector<double> DBeta) Run(BackwardStrategy strategy, NormalizationCache cache, Vector<double> gamma, Matrix<double> dy)
     {
         var dx = Matrix<double>.Build.Dense(cache.BatchSize, cache.Features);
         var dGamma = Vector<double>.Build.Dense(cache.Features);

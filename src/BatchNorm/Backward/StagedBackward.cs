@@ -1,5 +1,4 @@
 using System;
-using MathNet.Numerics.LinearAlgebra;
 
 namespace BatchNorm;
 
@@ -8,76 +7,53 @@ namespace BatchNorm;
 /// in reverse. It is the teaching path; docs/derivation.md derives each line.
 /// </summary>
 /// <remarks>
-/// The forward graph, per feature, with N rows:
+/// The forward graph of one segment, with N values:
 /// <code>
 /// μ   = (1/N)·Σᵢ xᵢ
 /// σ²  = (1/N)·Σᵢ (xᵢ − μ)²
 /// x̂ᵢ  = (xᵢ − μ)·(σ² + ε)^(−½)
 /// yᵢ  = γ·x̂ᵢ + β
 /// </code>
-/// Wherever a value feeds several nodes (γ, β, μ and σ² feed every row; each xᵢ feeds x̂ᵢ, μ and σ²),
+/// Wherever a value feeds several nodes (γ, β, μ and σ² feed every value; each xᵢ feeds x̂ᵢ, μ and σ²),
 /// the contributions from each path are added; every such sum is written out with <c>+=</c>.
+/// The sums over the segment are the first step (<see cref="SegmentSumsCore"/>): node y gives dγ and dβ, nodes σ² and μ
+/// give dσ², the direct part of dμ and Σ(x − μ). Node x is the second (<see cref="SegmentInputGradientCore"/>).
 /// </remarks>
 internal sealed class StagedBackward : BackwardStrategy
 {
     public override string Name => "staged";
 
-    protected override void BackwardCore(
-        BatchNormCache cache,
-        Vector<double> gamma,
-        Matrix<double> outputGradient,
-        Matrix<double> inputGradient,
-        Vector<double> gammaGradient,
-        Vector<double> betaGradient)
+    /// <summary>dγ, dβ, dσ², the direct part of dμ, and Σ(x − μ).</summary>
+    public override int SumCount => 5;
+
+    protected override void SegmentSumsCore(in BackwardSegment segment, Span<double> sums, Span<double> inputGradient)
     {
-        int blocks = cache.VirtualBatches, rows = cache.VirtualBatchSize;
-        for (int j = 0; j < cache.Features; j++)
+        // dL/dx̂ goes into inputGradient, which the second step turns into dL/dx.
+        OutputNode(segment.OutputGradient, segment.NormalizedInput, segment.Gamma, inputGradient, out sums[0], out sums[1]);
+        if (segment.FrozenStatistics)
         {
-            // Each block of rows (the whole column without ghost batches) was normalized on its own;
-            // γ and β are shared by the blocks, so their gradients add up over them.
-            gammaGradient[j] = 0;
-            betaGradient[j] = 0;
-            for (int b = 0; b < blocks; b++)
-            {
-                Segment(
-                    DenseColumns.Column(outputGradient, j).Slice(b * rows, rows),
-                    cache.NormalizedColumn(j).Slice(b * rows, rows),
-                    gamma[j],
-                    cache.InverseStandardDeviation[(j * blocks) + b],
-                    cache.Epsilon,
-                    cache.IsTraining,
-                    DenseColumns.Column(inputGradient, j).Slice(b * rows, rows),
-                    out double dGamma,
-                    out double dBeta);
-                gammaGradient[j] += dGamma;
-                betaGradient[j] += dBeta;
-            }
+            // μ and σ² were the running statistics, constants here: no paths through them.
+            sums[2] = sums[3] = sums[4] = 0;
+            return;
         }
+
+        StatisticsNodes(segment.NormalizedInput, segment.InverseStandardDeviation, inputGradient, out sums[2], out sums[3], out sums[4]);
     }
 
-    /// <summary>
-    /// The backward pass of one normalized segment (a feature column, or a group of a row for group norm):
-    /// the values x̂ were normalized together with one μ and σ², and scaled by one γ.
-    /// </summary>
-    internal override void Segment(
-        ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, double gamma, double inverseStd, double epsilon, bool training, Span<double> dx, out double gammaGradient, out double betaGradient)
+    protected override void SegmentInputGradientCore(in BackwardSegment segment, ReadOnlySpan<double> sums, Span<double> inputGradient)
     {
-        OutputNode(dy, xHat, gamma, dx, out gammaGradient, out betaGradient);
-        Span<double> dXHat = dx;
-        if (!training)
+        if (segment.FrozenStatistics)
         {
-            // Inference Forward: μ and σ² were the running statistics, constants here,
-            // so x̂ᵢ = (xᵢ − μ)·(σ² + ε)^(−½) is the only path from xᵢ to the loss.
-            for (int i = 0; i < dy.Length; i++)
+            // Inference Forward: x̂ᵢ = (xᵢ − μ)·(σ² + ε)^(−½) with constant μ and σ² is the only path from xᵢ to the loss.
+            for (int i = 0; i < inputGradient.Length; i++)
             {
-                dx[i] = dXHat[i] * inverseStd;
+                inputGradient[i] *= segment.InverseStandardDeviation;
             }
 
             return;
         }
 
-        StatisticsNodes(xHat, inverseStd, dXHat, out double dVariance, out double dMean, out double sumCentered);
-        InputNode(xHat, inverseStd, dy.Length, dVariance, dMean, sumCentered, dx);
+        InputNode(segment.NormalizedInput, segment.InverseStandardDeviation, segment.Count, sums[2], sums[3], sums[4], inputGradient);
     }
 
     /// <summary>
@@ -144,8 +120,8 @@ internal sealed class StagedBackward : BackwardStrategy
     }
 
     /// <summary>
-    /// Node x: each xᵢ feeds x̂ᵢ, σ² and μ. <paramref name="n"/> is the number of rows μ and σ² were taken over
-    /// (all workers' rows when synchronized); <paramref name="dx"/> holds dL/dx̂ on entry and dL/dx on return.
+    /// Node x: each xᵢ feeds x̂ᵢ, σ² and μ. <paramref name="n"/> is the number of values μ and σ² were taken over
+    /// (all workers' when synchronized); <paramref name="dx"/> holds dL/dx̂ on entry and dL/dx on return.
     /// </summary>
     internal static void InputNode(ReadOnlySpan<double> xHat, double inverseStd, int n, double dVariance, double dMean, double sumCentered, Span<double> dx)
     {

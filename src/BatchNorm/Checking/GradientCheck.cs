@@ -220,67 +220,75 @@ public static class GradientCheck
         => Math.Abs(analytic - numerical) / Math.Max(1e-8, Math.Abs(analytic) + Math.Abs(numerical));
 
     /// <summary>
-    /// Checks a <see cref="BatchNormLayer"/>'s Backward against fourth-order central differences of L = Σ y·g, with its
-    /// current <see cref="BatchNormLayer.IsTraining"/> and <see cref="BatchNormLayer.BackwardStrategy"/>.
+    /// Checks a layer's Backward against fourth-order central differences of L = Σ y·g, in its current mode and with its
+    /// current backward strategy: dL/dx and the gradient of every parameter in <see cref="INormalizationLayer.Parameters"/>.
     /// </summary>
-    /// <param name="layer">The layer. Its running statistics and batch count are restored afterwards; the cache and gradients hold the last analytic step.</param>
+    /// <param name="layer">Any layer of the contract: the library's, or one of your own.</param>
     /// <param name="input">x, N×D.</param>
     /// <param name="outputGradient">g = dL/dy, N×D; choose it non-uniform, since Σx̂ = 0 lets a uniform one pass trivially.</param>
     /// <param name="relativeStep">
-    /// The step as a fraction of the scale of what is probed: each element of column j of x moves by
-    /// relativeStep·√(σⱼ² + ε), the scale the layer divides by (σⱼ² the column's biased variance in training, or with
-    /// ghost batches that of the element's block; the running variance in inference), and each γ or β by
-    /// relativeStep·max(1, |value|). Batch norm is invariant to each column's offset and scale, so a step relative to
-    /// that scale keeps the difference quotient equally accurate for every column, a nearly constant one included.
+    /// The step as a fraction of the scale of what is probed: each element of x moves by relativeStep·√(σ² + ε) of the
+    /// segment it is normalized with, the scale the layer divides by (read from the layer's <see cref="INormalizationLayer.Cache"/>
+    /// after a Forward: the batch's σ² in training, the running one in inference; for a layer without a cache, each
+    /// column's variance), and each parameter element by relativeStep·max(1, |value|). A normalization is invariant to
+    /// each segment's offset and scale, so a step relative to that scale keeps the difference quotient equally accurate
+    /// for every segment, a nearly constant one included.
     /// </param>
     /// <returns>
-    /// The relative errors of dL/dx, dL/dγ and dL/dβ, each with a floor of <see cref="DefaultRelativeFloor"/> times the
-    /// gradient's size, so that elements which cancel to nearly zero do not report the central difference's rounding noise.
+    /// The relative errors of dL/dx and of each parameter's gradient, each with a floor of <see cref="DefaultRelativeFloor"/>
+    /// times the gradient's size, so that elements which cancel to nearly zero do not report the central difference's rounding noise.
     /// </returns>
     /// <exception cref="ArgumentNullException">An argument is null.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="relativeStep"/> is not positive and finite.</exception>
     /// <exception cref="ArgumentException">A shape does not fit the layer, as Forward and Backward would report.</exception>
-    public static GradientCheckResult Check(BatchNormLayer layer, Matrix<double> input, Matrix<double> outputGradient, double relativeStep = 1e-3)
+    /// <remarks>
+    /// Calls Forward four times per element of x and of the parameters, then once more and Backward once for the analytic
+    /// gradients, which the layer's cache and gradients hold afterwards. The mode, every probed value and, for the
+    /// library's layers, the running statistics and batch count are restored, whatever happens.
+    /// </remarks>
+    public static GradientCheckResult Check(INormalizationLayer layer, Matrix<double> input, Matrix<double> outputGradient, double relativeStep = 1e-3)
     {
         Guard.NotNull(layer, nameof(layer));
         Guard.NotNull(input, nameof(input));
         Guard.NotNull(outputGradient, nameof(outputGradient));
         CheckStep(relativeStep, nameof(relativeStep));
-        Vector<double> runningMean = layer.RunningMean.Clone(), runningVariance = layer.RunningVariance.Clone();
-        long batches = layer.BatchesTracked;
+        bool training = layer.IsTraining;
+        RunningState? running = layer is RunningStatisticsLayer r ? new RunningState(r) : null;
         try
         {
             Matrix<double> probe = input.Clone();
-            // The layer divides by √(σ² + ε), so that is the scale on which its output changes: the batch's σ² in
-            // training (with ghost batches each block's, so each block gets its own step), the running one in inference.
-            int block = layer.IsTraining && layer.VirtualBatchSize is int g ? g : input.RowCount;
-            Matrix<double> steps = Matrix<double>.Build.Dense((input.RowCount + block - 1) / block, input.ColumnCount, (b, j) =>
-            {
-                double variance = layer.IsTraining
-                    ? input.Column(j, b * block, Math.Min(block, input.RowCount - (b * block))).PopulationVariance()
-                    : runningVariance[j];
-                return relativeStep * Math.Sqrt(variance + layer.Epsilon);
-            });
-            Matrix<double> numericalInput = EachElement(probe, (get, set, row, column) => FourthOrderDifference(() => layer.Forward(probe), get, set, steps[row / block, column], outputGradient));
-            Vector<double> numericalGamma = ParameterGradient(layer, layer.Gamma, input, outputGradient, relativeStep);
-            Vector<double> numericalBeta = ParameterGradient(layer, layer.Beta, input, outputGradient, relativeStep);
+            Matrix<double> steps = InputSteps(layer, probe, relativeStep);
+            running?.Restore();
+            Matrix<double> numericalInput = EachElement(probe, (get, set, row, column) => FourthOrderDifference(() => layer.Forward(probe), get, set, steps[row, column], outputGradient));
+            Vector<double>[] numericalParameters = layer.Parameters
+                .Select(p => EachElement(p.Value, (get, set) => FourthOrderDifference(() => layer.Forward(input), get, set, relativeStep * Math.Max(1, Math.Abs(get())), outputGradient)))
+                .ToArray();
+            running?.Restore();
             layer.Forward(input);
             Matrix<double> analyticInput = layer.Backward(outputGradient);
             return new GradientCheckResult(
                 RelativeError(analyticInput, numericalInput, DefaultRelativeFloor),
-                RelativeError(layer.GammaGradient, numericalGamma, DefaultRelativeFloor),
-                RelativeError(layer.BetaGradient, numericalBeta, DefaultRelativeFloor));
+                layer.Parameters.Select((p, k) => (p.Name, RelativeError(p.Gradient, numericalParameters[k], DefaultRelativeFloor))).ToArray());
         }
         finally
         {
-            runningMean.CopyTo(layer.RunningMean);
-            runningVariance.CopyTo(layer.RunningVariance);
-            layer.RestoreBatchesTracked(batches);
+            layer.IsTraining = training;
+            running?.Restore();
         }
     }
 
-    private static Vector<double> ParameterGradient(BatchNormLayer layer, Vector<double> parameter, Matrix<double> input, Matrix<double> outputGradient, double relativeStep)
-        => EachElement(parameter, (get, set) => FourthOrderDifference(() => layer.Forward(input), get, set, relativeStep * Math.Max(1, Math.Abs(get())), outputGradient));
+    /// <summary>Each element's step: relativeStep·√(σ² + ε) of its segment, read from the cache of a Forward of x.</summary>
+    private static Matrix<double> InputSteps(INormalizationLayer layer, Matrix<double> x, double relativeStep)
+    {
+        layer.Forward(x);
+        if (layer.Cache is { } cache && cache.BatchSize == x.RowCount && cache.Features == x.ColumnCount)
+        {
+            return Matrix<double>.Build.Dense(x.RowCount, x.ColumnCount, (i, j) => relativeStep * Math.Sqrt(cache.Variance[cache.SegmentOf(i, j)] + layer.Epsilon));
+        }
+
+        Vector<double> scale = Vector<double>.Build.Dense(x.ColumnCount, j => relativeStep * Math.Sqrt(x.Column(j).PopulationVariance() + layer.Epsilon));
+        return Matrix<double>.Build.Dense(x.RowCount, x.ColumnCount, (_, j) => scale[j]);
+    }
 
     /// <summary>A new matrix whose element (i, j) is <paramref name="derivative"/> given a getter and a setter of x[i, j].</summary>
     private static Matrix<double> EachElement(Matrix<double> x, Func<Func<double>, Action<double>, int, int, double> derivative)
@@ -297,43 +305,62 @@ public static class GradientCheck
     {
         // x ± h are rounded to doubles; divide by the distance between the points actually probed.
         double old = get(), up = old + step, down = old - step;
-        set(up);
-        double plus = f();
-        set(down);
-        double minus = f();
-        set(old);
-        return (plus - minus) / (up - down);
+        try
+        {
+            set(up);
+            double plus = f();
+            set(down);
+            double minus = f();
+            return (plus - minus) / (up - down);
+        }
+        finally
+        {
+            set(old);
+        }
     }
 
     private static double CentralDifference(Func<Matrix<double>> f, Func<double> get, Action<double> set, double step, Matrix<double> outputGradient)
     {
         double old = get(), up = old + step, down = old - step;
-        double difference = ProbeDifference(f, set, up, down, outputGradient);
-        set(old);
-        return difference / (up - down);
+        try
+        {
+            return ProbeDifference(f, set, up, down, outputGradient) / (up - down);
+        }
+        finally
+        {
+            set(old);
+        }
     }
 
     /// <summary>
-    /// The fourth-order central difference [8·(f(x+h) − f(x−h)) − (f(x+2h) − f(x−2h))] / (12h): its truncation
-    /// error is O(h⁴) rather than O(h²), so elements of the gradient far smaller than their neighbours stay accurate.
+    /// The fourth-order central difference: with D(h) = (f(x+h) − f(x−h))/(2h), Richardson's (4·D(h) − D(2h))/3, whose
+    /// truncation error is O(h⁴) rather than O(h²), so elements of the gradient far smaller than their neighbours stay
+    /// accurate. x ± h and x ± 2h are rounded to doubles, so each quotient divides by the distance actually moved, and
+    /// the extrapolation weighs the two by those distances: (D₁·d₂² − D₂·d₁²)/(d₂² − d₁²).
     /// </summary>
     private static double FourthOrderDifference(Func<Matrix<double>> f, Func<double> get, Action<double> set, double step, Matrix<double> outputGradient)
     {
-        double old = get();
-        double near = ProbeDifference(f, set, old + step, old - step, outputGradient);
-        double far = ProbeDifference(f, set, old + (2 * step), old - (2 * step), outputGradient);
-        set(old);
-        return ((8 * near) - far) / (12 * step);
+        double old = get(), nearUp = old + step, nearDown = old - step, farUp = old + (2 * step), farDown = old - (2 * step);
+        try
+        {
+            double near = ProbeDifference(f, set, nearUp, nearDown, outputGradient) / (nearUp - nearDown);
+            double far = ProbeDifference(f, set, farUp, farDown, outputGradient) / (farUp - farDown);
+            double nearDistance = nearUp - nearDown, farDistance = farUp - farDown;
+            return ((near * farDistance * farDistance) - (far * nearDistance * nearDistance)) / ((farDistance * farDistance) - (nearDistance * nearDistance));
+        }
+        finally
+        {
+            set(old);
+        }
     }
 
     /// <summary>Σₖ dyₖ·(f at up − f at down)ₖ, element by element so that unchanged outputs cancel exactly.</summary>
     private static double ProbeDifference(Func<Matrix<double>> f, Action<double> set, double up, double down, Matrix<double> outputGradient)
     {
         set(up);
-        Matrix<double> plus = f().Clone();
+        Matrix<double> plus = Result(f(), outputGradient).Clone();
         set(down);
-        Matrix<double> minus = f();
-        Guard.SameShape(plus, outputGradient.RowCount, outputGradient.ColumnCount, "f(x)", nameof(outputGradient));
+        Matrix<double> minus = Result(f(), outputGradient);
         double sum = 0;
         for (int j = 0; j < plus.ColumnCount; j++)
         {
@@ -344,6 +371,23 @@ public static class GradientCheck
         }
 
         return sum;
+    }
+
+    /// <summary>What the probed function f returned, checked against the upstream gradient's shape.</summary>
+    private static Matrix<double> Result(Matrix<double>? f, Matrix<double> outputGradient)
+    {
+        if (f is null)
+        {
+            throw new ArgumentException("The probed function returned null instead of a matrix of the upstream gradient's shape.", nameof(f));
+        }
+
+        if (f.RowCount != outputGradient.RowCount || f.ColumnCount != outputGradient.ColumnCount)
+        {
+            throw new ArgumentException(
+                $"Matrix dimensions must agree: the probed function returned {Guard.Shape(f)}, but the upstream gradient is {Guard.Shape(outputGradient)}.", nameof(f));
+        }
+
+        return f;
     }
 
     private static double ScaledRelativeError(IEnumerable<double> analytic, IEnumerable<double> numerical, double relativeFloor)
@@ -379,17 +423,73 @@ public static class GradientCheck
             throw new ArgumentOutOfRangeException(name, step, "The step must be positive and finite.");
         }
     }
+
+    /// <summary>The running statistics and batch count of a layer, to put back after probing.</summary>
+    private sealed class RunningState(RunningStatisticsLayer layer)
+    {
+        private readonly Vector<double> _mean = layer.RunningMean.Clone(), _variance = layer.RunningVariance.Clone();
+        private readonly long _batches = layer.BatchesTracked;
+
+        public void Restore()
+        {
+            _mean.CopyTo(layer.RunningMean);
+            _variance.CopyTo(layer.RunningVariance);
+            layer.RestoreBatchesTracked(_batches);
+        }
+    }
 }
 
 /// <summary>
 /// The relative errors of one gradient check, as defined by
 /// <see cref="GradientCheck.RelativeError(Matrix{double}, Matrix{double}, double)"/> with <see cref="GradientCheck.DefaultRelativeFloor"/>.
 /// </summary>
-/// <param name="Input">The error of dL/dx.</param>
-/// <param name="Gamma">The error of dL/dγ.</param>
-/// <param name="Beta">The error of dL/dβ.</param>
-public readonly record struct GradientCheckResult(double Input, double Gamma, double Beta)
+public sealed class GradientCheckResult
 {
-    /// <summary>Gets the largest of the three errors.</summary>
-    public double Max => Math.Max(Input, Math.Max(Gamma, Beta));
+    private readonly (string Name, double Error)[] _parameters;
+
+    /// <summary>Creates a result.</summary>
+    /// <param name="input">The error of dL/dx.</param>
+    /// <param name="parameters">The error of each parameter's gradient, by the parameter's name.</param>
+    public GradientCheckResult(double input, IReadOnlyList<(string Name, double Error)> parameters)
+    {
+        Guard.NotNull(parameters, nameof(parameters));
+        Input = input;
+        _parameters = [.. parameters];
+    }
+
+    /// <summary>Gets the error of dL/dx.</summary>
+    public double Input { get; }
+
+    /// <summary>Gets the error of each parameter's gradient, in the order of the layer's <see cref="INormalizationLayer.Parameters"/>.</summary>
+    public IReadOnlyList<(string Name, double Error)> Parameters => _parameters;
+
+    /// <summary>Gets the error of dL/dγ, or 0 for a layer without a parameter named "gamma".</summary>
+    public double Gamma => ErrorOf("gamma");
+
+    /// <summary>Gets the error of dL/dβ, or 0 for a layer without a parameter named "beta".</summary>
+    public double Beta => ErrorOf("beta");
+
+    /// <summary>Gets the largest of the errors; NaN if any is NaN.</summary>
+    public double Max => _parameters.Aggregate(Input, (worst, p) => double.IsNaN(p.Error) || p.Error > worst ? p.Error : worst);
+
+    /// <summary>Gets the error of the parameter with the given name, or 0 when the layer has none of that name.</summary>
+    /// <param name="name">The parameter's name, such as "gamma".</param>
+    /// <returns>Its error.</returns>
+    public double ErrorOf(string name)
+    {
+        foreach ((string n, double error) in _parameters)
+        {
+            if (n == name)
+            {
+                return error;
+            }
+        }
+
+        return 0;
+    }
+
+    /// <summary>Lists the errors.</summary>
+    /// <returns>For example "dx 1.2E-010, gamma 3.4E-011, beta 5.6E-012".</returns>
+    public override string ToString()
+        => string.Join(", ", new[] { $"dx {Input:E2}" }.Concat(_parameters.Select(p => $"{p.Name} {p.Error:E2}")));
 }

@@ -15,6 +15,33 @@ internal static class Guard
         }
     }
 
+    /// <summary>Throws unless a layer's feature count is at least 1.</summary>
+    public static void Features(int features, string parameterName = "features")
+    {
+        if (features <= 0)
+        {
+            throw new ArgumentOutOfRangeException(parameterName, features, "The number of features must be at least 1.");
+        }
+    }
+
+    /// <summary>Throws unless ε is positive and finite.</summary>
+    public static void Epsilon(double epsilon, string parameterName = "epsilon")
+    {
+        if (!(epsilon > 0) || double.IsInfinity(epsilon))
+        {
+            throw new ArgumentOutOfRangeException(parameterName, epsilon, "Epsilon must be positive and finite.");
+        }
+    }
+
+    /// <summary>Throws unless the momentum lies in [0, 1]; null (a cumulative average) is allowed.</summary>
+    public static void Momentum(double? momentum, string parameterName = "momentum")
+    {
+        if (momentum is double m && !(m >= 0 && m <= 1))
+        {
+            throw new ArgumentOutOfRangeException(parameterName, m, "Momentum must lie in [0, 1], or be null for a cumulative moving average.");
+        }
+    }
+
     public static string Shape(int rows, int columns) => string.Create(CultureInfo.InvariantCulture, $"{rows}x{columns}");
 
     public static string Shape<T>(Matrix<T> matrix)
@@ -54,8 +81,24 @@ internal static class Guard
         }
     }
 
+    /// <summary>Throws unless a span has the length its role needs.</summary>
+    public static void Length(int actual, int expected, string parameterName, string what)
+    {
+        if (actual != expected)
+        {
+            throw new ArgumentException(string.Create(CultureInfo.InvariantCulture, $"{parameterName} has {actual} values, but {what} needs {expected}."), parameterName);
+        }
+    }
+
+    /// <summary>The error for a column of values that cannot be normalized or back-propagated.</summary>
     public static ArgumentException NotFinite(string parameterName, int column, string what)
         => new(
             string.Create(CultureInfo.InvariantCulture, $"Column {column} of {parameterName} {what}: it holds NaN or infinity, or values so large that its statistics overflow."),
+            parameterName);
+
+    /// <summary>The error for a group of a row that cannot be normalized.</summary>
+    public static ArgumentException NotFiniteRow(string parameterName, int row, int group, string what)
+        => new(
+            string.Create(CultureInfo.InvariantCulture, $"Row {row} of {parameterName} {what}: group {group} holds NaN or infinity, or values so large that its statistics overflow."),
             parameterName);
 }

@@ -3,6 +3,7 @@ using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using static BatchNorm.ElementFormulas;
 
 namespace BatchNorm;
 
@@ -14,7 +15,7 @@ namespace BatchNorm;
 internal static class ColumnKernels
 {
     /// <summary>Elements summed in SIMD lanes before the partial sum joins the compensated total.</summary>
-    private const int BlockLength = 128;
+    internal const int BlockLength = 128;
 
     /// <summary>
     /// Effectively computes the mean μ = (1/n)·Σ x[i] and the biased variance σ² = (1/n)·Σ (x[i] − μ)².
@@ -34,12 +35,7 @@ internal static class ColumnKernels
         for (int pass = 0; ; pass++)
         {
             (double sum, double sumOfSquares) = Reduce(x, x, new CenteredSums(center));
-            double offset = sum / n;
-            variance = Math.Max(0.0, (sumOfSquares - (sum * offset)) / n);
-
-            // The corrected formula loses about log₂(1 + offset²/σ²) bits, so one pass suffices when the
-            // center lies within σ/4 of the mean (a loss under 0.1 bit); otherwise pass again around the mean.
-            if (pass == 1 || 16 * offset * offset <= variance || !double.IsFinite(offset))
+            if (ShiftedMoments(sum, sumOfSquares, n, out double offset, out variance) || pass == 1)
             {
                 mean = center;
                 meanCorrection = offset;
@@ -48,6 +44,20 @@ internal static class ColumnKernels
 
             center += offset;
         }
+    }
+
+    /// <summary>
+    /// From the sums of one pass around a center c, Σd and Σd² with d = x − c over n values: the offset of the mean
+    /// from c, the biased variance by the corrected formula (Σd² − Σd·offset)/n, and whether c lay close enough to the
+    /// mean for that formula to keep its digits.
+    /// </summary>
+    /// <returns>True when one pass suffices. The corrected formula loses about log₂(1 + offset²/σ²) bits, so it suffices
+    /// when c lies within σ/4 of the mean (a loss under 0.1 bit); otherwise the caller passes again around the mean.</returns>
+    public static bool ShiftedMoments(double sum, double sumOfSquares, int n, out double offset, out double variance)
+    {
+        offset = sum / n;
+        variance = Math.Max(0.0, (sumOfSquares - (sum * offset)) / n);
+        return 16 * offset * offset <= variance || !double.IsFinite(offset);
     }
 
     /// <summary>Effectively computes (Σ dy[i], Σ dy[i]·x̂[i]).</summary>
@@ -63,10 +73,6 @@ internal static class ColumnKernels
     /// <remarks>With <c>stream</c> set, dx is written with non-temporal stores (see <see cref="StreamingThreshold"/>).</remarks>
     public static void ClosedFormInputGradient(ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, double meanDy, double meanDyXHat, double scale, Span<double> dx, bool stream)
         => Map(dy, xHat, dx, dx, new ClosedFormOp(meanDy, meanDyXHat, scale), stream);
-
-    /// <summary>Effectively computes y[i] = γ·x[i] + β.</summary>
-    public static void Affine(ReadOnlySpan<double> x, double gamma, double beta, Span<double> y)
-        => Map(x, x, y, y, new AffineOp(gamma, beta), stream: false);
 
     /// <summary>Effectively computes dx[i] = scale·dy[i].</summary>
     /// <remarks>With <c>stream</c> set, dx is written with non-temporal stores (see <see cref="StreamingThreshold"/>).</remarks>
@@ -222,25 +228,6 @@ internal static class ColumnKernels
         }
     }
 
-    /// <summary>a·b + c, rounded exactly as the vector <see cref="MultiplyAdd(Vector{double}, Vector{double}, Vector{double})"/> rounds it,
-    /// so that a result never depends on which elements a loop handles as scalars.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static double MultiplyAdd(double a, double b, double c)
-#if NET9_0_OR_GREATER
-        => Math.FusedMultiplyAdd(a, b, c);
-#else
-        => (a * b) + c;
-#endif
-
-    /// <summary>a·b + c, fused where the runtime offers it.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector<double> MultiplyAdd(Vector<double> a, Vector<double> b, Vector<double> c)
-#if NET9_0_OR_GREATER
-        => Vector.FusedMultiplyAdd(a, b, c);
-#else
-        => (a * b) + c;
-#endif
-
     private interface IReduceOp
     {
         Vector<double> First(Vector<double> a, Vector<double> b);
@@ -264,7 +251,6 @@ internal static class ColumnKernels
     /// <summary>Σ(a − c) and Σ(a − c)².</summary>
     private readonly struct CenteredSums(double center) : IReduceOp
     {
-
         public Vector<double> First(Vector<double> a, Vector<double> b) => a - new Vector<double>(center);
 
         public Vector<double> AccumulateSecond(Vector<double> a, Vector<double> b, Vector<double> sum)
@@ -296,13 +282,13 @@ internal static class ColumnKernels
 
         public void Apply(Vector<double> a, Vector<double> b, out Vector<double> first, out Vector<double> second)
         {
-            first = (a - new Vector<double>(mean) - new Vector<double>(meanCorrection)) * new Vector<double>(inverseStd);
+            first = Normalized(a, new Vector<double>(mean), new Vector<double>(meanCorrection), new Vector<double>(inverseStd));
             second = MultiplyAdd(first, new Vector<double>(gamma), new Vector<double>(beta));
         }
 
         public void Apply(double a, double b, out double first, out double second)
         {
-            first = (a - mean - meanCorrection) * inverseStd;
+            first = Normalized(a, mean, meanCorrection, inverseStd);
             second = MultiplyAdd(first, gamma, beta);
         }
     }
@@ -313,30 +299,13 @@ internal static class ColumnKernels
 
         public void Apply(Vector<double> a, Vector<double> b, out Vector<double> first, out Vector<double> second)
         {
-            first = new Vector<double>(scale) * MultiplyAdd(-b, new Vector<double>(meanDyXHat), a - new Vector<double>(meanDy));
+            first = ElementFormulas.ClosedFormInputGradient(a, b, new Vector<double>(meanDy), new Vector<double>(meanDyXHat), new Vector<double>(scale));
             second = default;
         }
 
         public void Apply(double a, double b, out double first, out double second)
         {
-            first = scale * MultiplyAdd(-b, meanDyXHat, a - meanDy);
-            second = 0;
-        }
-    }
-
-    private readonly struct AffineOp(double gamma, double beta) : IMapOp
-    {
-        public bool HasSecond => false;
-
-        public void Apply(Vector<double> a, Vector<double> b, out Vector<double> first, out Vector<double> second)
-        {
-            first = MultiplyAdd(a, new Vector<double>(gamma), new Vector<double>(beta));
-            second = default;
-        }
-
-        public void Apply(double a, double b, out double first, out double second)
-        {
-            first = MultiplyAdd(a, gamma, beta);
+            first = ElementFormulas.ClosedFormInputGradient(a, b, meanDy, meanDyXHat, scale);
             second = 0;
         }
     }
@@ -366,11 +335,6 @@ internal static class ColumnKernels
 
         public readonly double Value => _sum + _compensation;
 
-        public void Add(double value)
-        {
-            double t = _sum + value;
-            _compensation += Math.Abs(_sum) >= Math.Abs(value) ? (_sum - t) + value : (value - t) + _sum;
-            _sum = t;
-        }
+        public void Add(double value) => CompensatedAdd(ref _sum, ref _compensation, value);
     }
 }

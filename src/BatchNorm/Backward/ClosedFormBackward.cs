@@ -1,0 +1,113 @@
+using System;
+using MathNet.Numerics.LinearAlgebra;
+
+namespace BatchNorm;
+
+/// <summary>
+/// The closed-form backward pass, per segment of N values:
+/// dx = (γ/(N·√(σ²+ε)))·(N·dy − Σdy − x̂·Σ(dy·x̂)), evaluated as γ·istd·(dy − mean(dy) − x̂·mean(dy·x̂)).
+/// After an inference Forward it is the frozen-statistics gradient dx = dy·γ·istd.
+/// </summary>
+/// <remarks>
+/// <para>
+/// Two passes over each segment, the second while it is still in cache: one fused reduction for Σdy and Σdy·x̂ (which
+/// are also dβ and dγ), then one fused map for dx. For row groups (layer and group norm) the same formulas run over all
+/// rows at once, each row a SIMD lane (<see cref="LaneKernels"/>). The derivation is in docs/derivation.md.
+/// </para>
+/// <para>
+/// With two values x̂ = ±√(1 − δ), δ = ε/(σ² + ε), and the bracket reduces to (1 − x̂²)·(dy₁ − dy₂)/2 = δ·(dy₁ − dy₂)/2.
+/// Evaluating 1 − x̂² would cancel about log₁₀(1/δ) digits, so two-value segments use dx₁ = −dx₂ = γ·istd·δ·(dy₁ − dy₂)/2
+/// with δ = ε·istd², which keeps full precision. For that the third sum is dy₁ − dy₂, the values signed by their place in
+/// the segment, so that it adds up across workers that hold one value each.
+/// </para>
+/// </remarks>
+internal sealed class ClosedFormBackward : BackwardStrategy
+{
+    public override string Name => "closed";
+
+    /// <summary>Σdy·x̂, Σdy, and for two-value segments dy₁ − dy₂.</summary>
+    public override int SumCount => 3;
+
+    protected override void SegmentSumsCore(in BackwardSegment segment, Span<double> sums, Span<double> inputGradient)
+    {
+        ReadOnlySpan<double> dy = segment.OutputGradient;
+        (double sumDy, double sumDyXHat) = ColumnKernels.SumAndDot(dy, segment.NormalizedInput);
+        sums[0] = sumDyXHat;
+        sums[1] = sumDy;
+        double difference = 0;
+        if (IsTwoValues(segment))
+        {
+            for (int i = 0; i < dy.Length; i++)
+            {
+                difference += segment.Offset + i == 0 ? dy[i] : -dy[i];
+            }
+        }
+
+        sums[2] = difference;
+    }
+
+    protected override void SegmentInputGradientCore(in BackwardSegment segment, ReadOnlySpan<double> sums, Span<double> inputGradient)
+    {
+        double scale = segment.Gamma * segment.InverseStandardDeviation;
+        if (segment.FrozenStatistics)
+        {
+            ColumnKernels.Scale(segment.OutputGradient, scale, inputGradient, segment.Stream);
+        }
+        else if (IsTwoValues(segment))
+        {
+            double first = TwoValueGradient(scale, segment.Epsilon, segment.InverseStandardDeviation, sums[2]);
+            for (int i = 0; i < inputGradient.Length; i++)
+            {
+                inputGradient[i] = segment.Offset + i == 0 ? first : -first;
+            }
+        }
+        else
+        {
+            int n = segment.Count;
+            ColumnKernels.ClosedFormInputGradient(segment.OutputGradient, segment.NormalizedInput, sums[1] / n, sums[0] / n, scale, inputGradient, segment.Stream);
+        }
+    }
+
+    /// <summary>Every row group at once, each row a SIMD lane: the same formulas with g = γ·dy per feature in place of dy.</summary>
+    internal override bool TryBackwardRowGroups(NormalizationCache cache, ReadOnlySpan<double> gamma, Matrix<double> dy, Matrix<double> dx, LaneScratch scratch)
+    {
+        int n = cache.BatchSize, size = cache.SegmentColumns;
+        ReadOnlySpan<double> dyData = DenseColumns.Data(dy), xHat = cache.NormalizedInput;
+        Span<double> dxData = DenseColumns.Data(dx);
+        Span<double> meanG = scratch.First(n), meanGXHat = scratch.Second(n);
+        for (int g = 0; g < cache.ColumnBlocks; g++)
+        {
+            int first = g * size;
+            ReadOnlySpan<double> inverseStd = cache.InverseStandardDeviation.Slice(g * n, n);
+            if (size == 2)
+            {
+                for (int i = 0; i < n; i++)
+                {
+                    double difference = (gamma[first] * dyData[(first * n) + i]) - (gamma[first + 1] * dyData[((first + 1) * n) + i]);
+                    double value = TwoValueGradient(inverseStd[i], cache.Epsilon, inverseStd[i], difference);
+                    dxData[(first * n) + i] = value;
+                    dxData[((first + 1) * n) + i] = -value;
+                }
+
+                continue;
+            }
+
+            LaneKernels.ScaledSumAndDot(dyData, xHat, n, first, size, gamma, meanG, meanGXHat, scratch);
+            for (int i = 0; i < n; i++)
+            {
+                meanG[i] /= size;
+                meanGXHat[i] /= size;
+            }
+
+            LaneKernels.ClosedFormInputGradient(dyData, xHat, n, first, size, gamma, meanG, meanGXHat, inverseStd, dxData);
+        }
+
+        return true;
+    }
+
+    private static bool IsTwoValues(in BackwardSegment segment) => segment.Count == 2 && !segment.FrozenStatistics;
+
+    /// <summary>dx₁ = γ·istd·δ·(dy₁ − dy₂)/2 with δ = ε·istd², the two-value gradient without cancellation.</summary>
+    private static double TwoValueGradient(double scale, double epsilon, double inverseStd, double difference)
+        => scale * (epsilon * inverseStd * inverseStd) * (difference / 2);
+}

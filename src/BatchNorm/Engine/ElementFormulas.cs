@@ -1,0 +1,71 @@
+using System;
+using System.Numerics;
+using System.Runtime.CompilerServices;
+
+namespace BatchNorm;
+
+/// <summary>
+/// The element-wise formulas of the engine, each written once for vectors and once for scalars. The kernels of both
+/// geometries (<see cref="ColumnKernels"/> down a segment, <see cref="LaneKernels"/> across segments held as SIMD lanes)
+/// call these, so a formula lives in one place. The scalar form rounds exactly as the vector form does, so a result
+/// never depends on which elements a loop handles as scalars.
+/// </summary>
+internal static class ElementFormulas
+{
+    /// <summary>x̂ = ((x − center) − correction)·inverseStd: the batch mean is center + correction (see <see cref="ColumnKernels.Moments"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector<double> Normalized(Vector<double> x, Vector<double> center, Vector<double> correction, Vector<double> inverseStd)
+        => (x - center - correction) * inverseStd;
+
+    /// <inheritdoc cref="Normalized(Vector{double}, Vector{double}, Vector{double}, Vector{double})"/>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static double Normalized(double x, double center, double correction, double inverseStd)
+        => (x - center - correction) * inverseStd;
+
+    /// <summary>The closed-form input gradient, dx = scale·(dy − mean(dy) − x̂·mean(dy·x̂)), with scale = γ/√(σ² + ε).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector<double> ClosedFormInputGradient(Vector<double> dy, Vector<double> xHat, Vector<double> meanDy, Vector<double> meanDyXHat, Vector<double> scale)
+        => scale * MultiplyAdd(-xHat, meanDyXHat, dy - meanDy);
+
+    /// <inheritdoc cref="ClosedFormInputGradient(Vector{double}, Vector{double}, Vector{double}, Vector{double}, Vector{double})"/>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static double ClosedFormInputGradient(double dy, double xHat, double meanDy, double meanDyXHat, double scale)
+        => scale * MultiplyAdd(-xHat, meanDyXHat, dy - meanDy);
+
+    /// <summary>a·b + c, fused where the runtime offers it.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector<double> MultiplyAdd(Vector<double> a, Vector<double> b, Vector<double> c)
+#if NET9_0_OR_GREATER
+        => Vector.FusedMultiplyAdd(a, b, c);
+#else
+        => (a * b) + c;
+#endif
+
+    /// <summary>a·b + c, rounded exactly as the vector <see cref="MultiplyAdd(Vector{double}, Vector{double}, Vector{double})"/> rounds it.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static double MultiplyAdd(double a, double b, double c)
+#if NET9_0_OR_GREATER
+        => Math.FusedMultiplyAdd(a, b, c);
+#else
+        => (a * b) + c;
+#endif
+
+    /// <summary>One step of Neumaier's compensated sum, lane by lane: sum ← sum + value, the rounding error carried in compensation.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void CompensatedAdd(ref Vector<double> sum, ref Vector<double> compensation, Vector<double> value)
+    {
+        Vector<double> t = sum + value;
+        Vector<long> sumIsLarger = Vector.GreaterThanOrEqual(Vector.Abs(sum), Vector.Abs(value));
+        compensation += Vector.ConditionalSelect(sumIsLarger, (sum - t) + value, (value - t) + sum);
+        sum = t;
+    }
+
+    /// <inheritdoc cref="CompensatedAdd(ref Vector{double}, ref Vector{double}, Vector{double})"/>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void CompensatedAdd(ref double sum, ref double compensation, double value)
+    {
+        double t = sum + value;
+        compensation += Math.Abs(sum) >= Math.Abs(value) ? (sum - t) + value : (value - t) + sum;
+        sum = t;
+    }
+}

@@ -1,0 +1,149 @@
+using System;
+using System.Globalization;
+using MathNet.Numerics.LinearAlgebra;
+
+namespace BatchNorm;
+
+/// <summary>
+/// Batch normalization over a mini-batch held as an N×D matrix: rows are samples, columns are features,
+/// and the statistics are per column (Ioffe and Szegedy, 2015). It matches PyTorch's BatchNorm1d.
+/// </summary>
+/// <remarks>
+/// <para><b>Training Forward</b> (<see cref="NormalizationLayer.IsTraining"/> true), per feature:</para>
+/// <list type="bullet">
+/// <item>μ = (1/N)·Σᵢ xᵢ and the biased variance σ² = (1/N)·Σᵢ (xᵢ − μ)², computed in two passes, never as E[x²] − E[x]².</item>
+/// <item>x̂ = (x − μ)/√(σ² + ε) and y = γ·x̂ + β.</item>
+/// <item>The running statistics are updated as <see cref="RunningStatisticsLayer"/> describes, and
+/// <see cref="RunningStatisticsLayer.BatchesTracked"/> grows by one.</item>
+/// </list>
+/// <para><b>Inference Forward</b>: x̂ = (x − running_mean)/√(running_var + ε). It changes no state but the cache, and works
+/// on a single row.</para>
+/// <para><b>Backward</b> after a training Forward is the full gradient through μ and σ²; after an inference Forward it is
+/// the frozen-statistics gradient dx = dy·γ/√(running_var + ε). Both write γ's and β's gradients.</para>
+/// <para>Ghost batches (<see cref="VirtualBatchSize"/>) and statistics synchronized across workers
+/// (<see cref="StatisticsExchange"/>) are ways of cutting the batch into segments on the same engine. Bad input,
+/// threads and allocation follow <see cref="NormalizationLayer"/>.</para>
+/// </remarks>
+public sealed class BatchNormLayer : RunningStatisticsLayer
+{
+    private int? _virtualBatchSize;
+    private StatisticsSynchronizer? _synchronizer;
+
+    /// <summary>Creates a layer for <paramref name="features"/> columns, with γ = 1, β = 0, running mean 0 and running variance 1.</summary>
+    /// <param name="features">D, the number of columns of every input; at least 1.</param>
+    /// <param name="epsilon">ε, added to the variance before the square root; positive and finite. PyTorch's default is 1e-5.</param>
+    /// <param name="momentum">m in [0, 1], the weight of the new batch in the running statistics (PyTorch's convention;
+    /// Keras' momentum is 1 − m). Null gives a cumulative moving average.</param>
+    /// <param name="backward">The backward strategy; <see cref="BackwardStrategy.ClosedForm"/> when null.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="features"/> ≤ 0, <paramref name="epsilon"/> is not
+    /// positive and finite, or <paramref name="momentum"/> is outside [0, 1] or NaN.</exception>
+    /// <remarks>Allocates the parameter, gradient and statistics vectors (a few D-length arrays); the caches come with the first Forward.</remarks>
+    public BatchNormLayer(int features, double epsilon = 1e-5, double? momentum = 0.1, BackwardStrategy? backward = null)
+        : base(features, epsilon, momentum, backward)
+    {
+    }
+
+    /// <summary>
+    /// Gets or sets the ghost batch size G (Hoffer et al., 2017), or null (the default) to normalize the whole batch
+    /// together. With G set, a training Forward splits the N rows into N/G consecutive blocks, normalizes each block
+    /// with its own statistics, and updates the running statistics once per block (BatchesTracked grows by N/G);
+    /// Backward is the batch-norm gradient of each block. N must be a multiple of G. Inference ignores it.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is less than 2.</exception>
+    /// <exception cref="InvalidOperationException">Set while <see cref="StatisticsExchange"/> is set: the two do not combine.</exception>
+    /// <remarks>The cache shows the blocks as <see cref="NormalizationCache.RowBlocks"/>.</remarks>
+    public int? VirtualBatchSize
+    {
+        get => _virtualBatchSize;
+        set
+        {
+            if (value is not null && _synchronizer is not null)
+            {
+                throw new InvalidOperationException("Ghost batches and synchronized statistics do not combine; clear StatisticsExchange first.");
+            }
+
+            _virtualBatchSize = value is null or >= 2 ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "A virtual batch needs at least 2 rows.");
+        }
+    }
+
+    /// <summary>
+    /// Gets or sets the exchange that synchronizes the statistics across data-parallel workers, or null (the
+    /// default) for a layer that sees only its own batch. With an exchange, a training Forward normalizes with the
+    /// mean and variance of all workers' rows together, merged with Chan's parallel formula, and updates the running
+    /// statistics with them (the Bessel factor uses the total row count). The Backward after it adds up every
+    /// worker's strategy sums before its second step, so each worker's dx is its rows of the gradient of the whole
+    /// batch, and γ's and β's gradients are the whole batch's. Inference needs no exchange and makes no call to it.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">Set while <see cref="VirtualBatchSize"/> is set: the two do not combine.</exception>
+    /// <remarks>
+    /// Any strategy works synchronized, the built-in ones and your own, since a strategy's sums are all that couples the
+    /// rows of a segment. A worker may hold any number of rows, none included, as long as all hold at least 2 together.
+    /// </remarks>
+    public IStatisticsExchange? StatisticsExchange
+    {
+        get => _synchronizer?.Exchange;
+        set
+        {
+            if (value is not null && _virtualBatchSize is not null)
+            {
+                throw new InvalidOperationException("Ghost batches and synchronized statistics do not combine; clear VirtualBatchSize first.");
+            }
+
+            _synchronizer = value is null ? null : new StatisticsSynchronizer(value);
+        }
+    }
+
+    /// <summary>Creates a layer from a state written by <see cref="NormalizationLayer.ExportState"/> of a <see cref="BatchNormLayer"/>.</summary>
+    /// <param name="json">The JSON text.</param>
+    /// <returns>A new layer in training mode with the closed-form backward strategy.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="json"/> is null.</exception>
+    /// <exception cref="FormatException">As for <see cref="NormalizationLayer.ImportState"/>, or the state is of another layer type.</exception>
+    public static new BatchNormLayer FromState(string json) => (BatchNormLayer)LayerState.Create(json, typeof(BatchNormLayer));
+
+    private protected override bool AcceptsFewerThanTwoRows => _synchronizer is not null;
+
+    private protected override string Describe()
+        => _virtualBatchSize is int g ? string.Create(CultureInfo.InvariantCulture, $", virtual batch size: {g}") : string.Empty;
+
+    private protected override int TrainingRowBlocks(int rows) => _virtualBatchSize is int g ? rows / g : 1;
+
+    private protected override void CheckRows(Matrix<double> input)
+    {
+        if (IsTraining && _virtualBatchSize is int g && input.RowCount % g != 0)
+        {
+            throw new ArgumentException(
+                string.Create(CultureInfo.InvariantCulture, $"input is {Guard.Shape(input)}, but with VirtualBatchSize = {g} the number of rows must be a multiple of {g}."),
+                nameof(input));
+        }
+
+        base.CheckRows(input);
+    }
+
+    private protected override int NormalizeTraining(Matrix<double> x, Matrix<double> y, NormalizationCache next)
+    {
+        if (_synchronizer is not { } synchronizer)
+        {
+            return base.NormalizeTraining(x, y, next);
+        }
+
+        // The statistics of all workers' rows: exchanged and merged, then used as given statistics.
+        Engine.GivenStatistics(Features, out Span<double> center, out Span<double> correction, out Span<double> variance);
+        (int total, int offset) = synchronizer.MergeMoments(x, center, correction, variance);
+        next.Synchronized = true;
+        next.SegmentValues = total;
+        next.SegmentOffset = offset;
+        return Engine.ForwardColumns(x, y, next, Gamma, Beta, affine: null, given: true);
+    }
+
+    private protected override int Differentiate(NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient)
+    {
+        if (!cache.Synchronized)
+        {
+            return base.Differentiate(cache, scale, dy, dx, scaleGradient, shiftGradient);
+        }
+
+        StatisticsSynchronizer synchronizer = _synchronizer
+            ?? throw new InvalidOperationException("The last Forward was synchronized across workers, so its Backward needs StatisticsExchange, which has been cleared since.");
+        return Engine.BackwardSynchronized(BackwardStrategy, cache, scale, dy, dx, scaleGradient, shiftGradient, synchronizer);
+    }
+}

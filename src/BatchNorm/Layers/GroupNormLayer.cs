@@ -1,0 +1,94 @@
+using System;
+using System.Globalization;
+
+namespace BatchNorm;
+
+/// <summary>
+/// Group normalization (Wu and He, 2018): each row's features are split into G groups of adjacent columns, and
+/// each group is normalized with its own statistics, then scaled by γ and shifted by β per feature. With G = 1 it
+/// is <see cref="LayerNormLayer"/>.
+/// </summary>
+/// <remarks>
+/// <para>Per row i and group g of C = D/G adjacent features:
+/// μ = (1/C)·Σ xᵢⱼ and σ² = (1/C)·Σ (xᵢⱼ − μ)² over the group, x̂ᵢⱼ = (xᵢⱼ − μ)/√(σ² + ε), yᵢⱼ = γⱼ·x̂ᵢⱼ + βⱼ.</para>
+/// <para>Backward: dγⱼ = Σᵢ dyᵢⱼ·x̂ᵢⱼ, dβⱼ = Σᵢ dyᵢⱼ, and within each group, with dx̂ = dy·γ, the normalization's backward
+/// pass of the group: dx = (1/√(σ² + ε))·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) for the closed form, or the same
+/// graph walked node by node for the staged strategy.</para>
+/// <para>There are no running statistics, so training and inference are the same (<see cref="NormalizationLayer.IsTraining"/>
+/// changes nothing), and a single row is a valid batch. Rows are strided in MathNet's column-major storage, so the
+/// engine sweeps down the contiguous columns and treats the rows as SIMD lanes; nothing is transposed.</para>
+/// </remarks>
+public sealed class GroupNormLayer : NormalizationLayer
+{
+    /// <summary>Creates the layer with γ = 1 and β = 0.</summary>
+    /// <param name="features">D, at least 1.</param>
+    /// <param name="groups">G, at least 1; it must divide D.</param>
+    /// <param name="epsilon">ε, positive and finite.</param>
+    /// <param name="backward">The backward strategy; closed form when null.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="features"/> or <paramref name="groups"/> ≤ 0, or ε not positive and finite.</exception>
+    /// <exception cref="ArgumentException"><paramref name="groups"/> does not divide <paramref name="features"/>.</exception>
+    public GroupNormLayer(int features, int groups, double epsilon = 1e-5, BackwardStrategy? backward = null)
+        : base(features, epsilon, backward)
+    {
+        if (groups <= 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(groups), groups, "The number of groups must be at least 1.");
+        }
+
+        if (features % groups != 0)
+        {
+            throw new ArgumentException(string.Create(CultureInfo.InvariantCulture, $"{features} features cannot be split into {groups} groups of equal size: the number of groups must divide the number of features."), nameof(groups));
+        }
+
+        Groups = groups;
+    }
+
+    /// <summary>Gets G, the number of groups per row.</summary>
+    public int Groups { get; }
+
+    /// <summary>Creates a layer from a state written by <see cref="NormalizationLayer.ExportState"/> of a <see cref="GroupNormLayer"/>.</summary>
+    /// <param name="json">The JSON text.</param>
+    /// <returns>A new layer in training mode with the closed-form backward strategy.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="json"/> is null.</exception>
+    /// <exception cref="FormatException">As for <see cref="NormalizationLayer.ImportState"/>, or the state is of another layer type.</exception>
+    public static new GroupNormLayer FromState(string json) => (GroupNormLayer)LayerState.Create(json, typeof(GroupNormLayer));
+
+    private protected override SegmentLayout Layout(int rows) => SegmentLayout.RowGroupsOf(rows, Features, Groups);
+
+    private protected override string Describe() => string.Create(CultureInfo.InvariantCulture, $", groups: {Groups}");
+
+    internal override string? StateShapeMismatch(LayerState state)
+        => base.StateShapeMismatch(state)
+            ?? (state.PositiveInteger("groups") is int groups && groups != Groups
+                ? string.Create(CultureInfo.InvariantCulture, $"The saved state is for {groups} groups, but this layer has {Groups}.")
+                : null);
+
+    internal override void WriteStateFields(LayerState.Writer writer) => writer.Integer("groups", Groups);
+}
+
+/// <summary>
+/// Layer normalization (Ba, Kiros and Hinton, 2016): each row is normalized over all its features, then scaled
+/// by γ and shifted by β per feature. No running statistics; the same in training and inference; works on a
+/// single row. It is <see cref="GroupNormLayer"/> with one group, on the same engine.
+/// </summary>
+public sealed class LayerNormLayer : NormalizationLayer
+{
+    /// <summary>Creates the layer with γ = 1 and β = 0.</summary>
+    /// <param name="features">D, at least 1.</param>
+    /// <param name="epsilon">ε, positive and finite.</param>
+    /// <param name="backward">The backward strategy; closed form when null.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="features"/> ≤ 0 or ε not positive and finite.</exception>
+    public LayerNormLayer(int features, double epsilon = 1e-5, BackwardStrategy? backward = null)
+        : base(features, epsilon, backward)
+    {
+    }
+
+    /// <summary>Creates a layer from a state written by <see cref="NormalizationLayer.ExportState"/> of a <see cref="LayerNormLayer"/>.</summary>
+    /// <param name="json">The JSON text.</param>
+    /// <returns>A new layer in training mode with the closed-form backward strategy.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="json"/> is null.</exception>
+    /// <exception cref="FormatException">As for <see cref="NormalizationLayer.ImportState"/>, or the state is of another layer type.</exception>
+    public static new LayerNormLayer FromState(string json) => (LayerNormLayer)LayerState.Create(json, typeof(LayerNormLayer));
+
+    private protected override SegmentLayout Layout(int rows) => SegmentLayout.RowGroupsOf(rows, Features, 1);
+}

@@ -1,0 +1,262 @@
+using System;
+using System.Collections.Generic;
+using System.Globalization;
+using System.IO;
+using System.Text;
+using System.Text.Json;
+using MathNet.Numerics.LinearAlgebra;
+
+namespace BatchNorm;
+
+/// <summary>
+/// Saved state as JSON, for every layer type: a format name ("BatchNorm." + the type's name) and version, the feature
+/// count, ε, γ and β, then the type's own fields (running statistics, groups, renorm's limits). Reading checks
+/// everything a layer needs before the layer writes anything.
+/// </summary>
+internal sealed class LayerState
+{
+    /// <summary>The version written by <see cref="Export"/> and the only one <see cref="Parse"/> reads.</summary>
+    public const int FormatVersion = 1;
+
+    private const string FormatPrefix = "BatchNorm.";
+
+    /// <summary>How to make each layer type from its saved state, before the state is imported into it.</summary>
+    private static readonly Dictionary<string, Func<LayerState, NormalizationLayer>> Factories = new(StringComparer.Ordinal)
+    {
+        [FormatPrefix + nameof(BatchNormLayer)] = s => new BatchNormLayer(s.Features, s.Epsilon),
+        [FormatPrefix + nameof(BatchRenormLayer)] = s => new BatchRenormLayer(s.Features, s.Epsilon),
+        [FormatPrefix + nameof(LayerNormLayer)] = s => new LayerNormLayer(s.Features, s.Epsilon),
+        [FormatPrefix + nameof(GroupNormLayer)] = s => new GroupNormLayer(s.Features, s.PositiveInteger("groups"), s.Epsilon),
+    };
+
+    private readonly JsonElement _root;
+
+    private LayerState(JsonElement root, string format, int features, double epsilon, double[] gamma, double[] beta)
+    {
+        _root = root;
+        Format = format;
+        Features = features;
+        Epsilon = epsilon;
+        Gamma = gamma;
+        Beta = beta;
+    }
+
+    /// <summary>Gets the format name, "BatchNorm." + the layer type's name.</summary>
+    public string Format { get; }
+
+    /// <summary>Gets the saved feature count.</summary>
+    public int Features { get; }
+
+    /// <summary>Gets the saved ε.</summary>
+    public double Epsilon { get; }
+
+    /// <summary>Gets the saved γ.</summary>
+    public double[] Gamma { get; }
+
+    /// <summary>Gets the saved β.</summary>
+    public double[] Beta { get; }
+
+    /// <summary>The format name a layer type saves under.</summary>
+    public static string FormatOf(Type layerType) => FormatPrefix + layerType.Name;
+
+    /// <summary>Writes a layer's state: the common fields, then the type's own.</summary>
+    public static string Export(NormalizationLayer layer)
+    {
+        using var buffer = new MemoryStream();
+        using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
+        {
+            json.WriteStartObject();
+            var writer = new Writer(json);
+            json.WriteString("format", FormatOf(layer.GetType()));
+            json.WriteNumber("version", FormatVersion);
+            json.WriteNumber("features", layer.Features);
+            json.WriteNumber("epsilon", layer.Epsilon);
+            writer.Array("gamma", layer.Gamma);
+            writer.Array("beta", layer.Beta);
+            layer.WriteStateFields(writer);
+            json.WriteEndObject();
+        }
+
+        return Encoding.UTF8.GetString(buffer.ToArray());
+    }
+
+    /// <summary>Parses and checks a state of the given format: the common fields in full; the type's own are read by the layer.</summary>
+    /// <exception cref="FormatException">Not valid JSON, another format or version, or a missing or invalid common field.</exception>
+    public static LayerState Parse(string text, string? expectedFormat)
+    {
+        JsonDocument document;
+        try
+        {
+            document = JsonDocument.Parse(text);
+        }
+        catch (JsonException e)
+        {
+            throw new FormatException($"The saved state is not valid JSON (is it truncated?): {e.Message}", e);
+        }
+
+        using (document)
+        {
+            JsonElement root = document.RootElement.Clone();
+            if (root.ValueKind != JsonValueKind.Object)
+            {
+                throw new FormatException("The saved state must be a JSON object.");
+            }
+
+            string format = Required(root, "format", JsonValueKind.String).GetString()!;
+            if (expectedFormat is not null && format != expectedFormat)
+            {
+                throw new FormatException($"The saved state has format '{format}', not '{expectedFormat}'.");
+            }
+
+            int version = Required(root, "version", JsonValueKind.Number).TryGetInt32(out int v) ? v : -1;
+            if (version != FormatVersion)
+            {
+                throw new FormatException(string.Create(CultureInfo.InvariantCulture, $"The saved state is format version {version}; this library reads version {FormatVersion} only."));
+            }
+
+            int features = Required(root, "features", JsonValueKind.Number).TryGetInt32(out int f) && f > 0
+                ? f
+                : throw new FormatException("'features' must be a positive integer.");
+            double epsilon = Number(Required(root, "epsilon", JsonValueKind.Number), "epsilon");
+            if (!(epsilon > 0))
+            {
+                throw new FormatException(string.Create(CultureInfo.InvariantCulture, $"'epsilon' must be positive, not {epsilon}."));
+            }
+
+            return new LayerState(root, format, features, epsilon, ReadArray(root, "gamma", features), ReadArray(root, "beta", features));
+        }
+    }
+
+    /// <summary>Makes a layer of the saved type and imports the state into it.</summary>
+    /// <exception cref="FormatException">As for <see cref="Parse"/>, or the format is not one of this library's layers.</exception>
+    public static NormalizationLayer Create(string text, Type? expectedType = null)
+    {
+        Guard.NotNull(text, "json");
+        LayerState state = Parse(text, expectedType is null ? null : FormatOf(expectedType));
+        if (!Factories.TryGetValue(state.Format, out Func<LayerState, NormalizationLayer>? factory))
+        {
+            throw new FormatException($"The saved state has format '{state.Format}', which is not a layer of this library ({string.Join(", ", Factories.Keys)}).");
+        }
+
+        NormalizationLayer layer;
+        try
+        {
+            layer = factory(state);
+        }
+        catch (ArgumentException e)
+        {
+            throw new FormatException($"The saved state does not describe a valid {state.Format}: {e.Message}", e);
+        }
+
+        layer.ImportState(text);
+        return layer;
+    }
+
+    /// <summary>Copies ε, γ and β into the layer; the state has been checked in full.</summary>
+    public void ApplyCommon(NormalizationLayer layer)
+    {
+        layer.SetEpsilon(Epsilon);
+        Gamma.CopyTo(DenseColumns.Data(layer.Gamma));
+        Beta.CopyTo(DenseColumns.Data(layer.Beta));
+    }
+
+    /// <summary>Reads a finite number field.</summary>
+    public double Number(string name) => Number(Required(_root, name, JsonValueKind.Number), name);
+
+    /// <summary>Reads a number field that may be null.</summary>
+    public double? NullableNumber(string name)
+    {
+        JsonElement element = Required(_root, name, null);
+        return element.ValueKind == JsonValueKind.Null ? null : Number(element, name);
+    }
+
+    /// <summary>Reads a positive integer field.</summary>
+    public int PositiveInteger(string name)
+        => Required(_root, name, JsonValueKind.Number).TryGetInt32(out int value) && value > 0
+            ? value
+            : throw new FormatException($"'{name}' must be a positive integer.");
+
+    /// <summary>Reads a non-negative integer field.</summary>
+    public long Count(string name)
+        => Required(_root, name, JsonValueKind.Number).TryGetInt64(out long value) && value >= 0
+            ? value
+            : throw new FormatException($"'{name}' must be a non-negative integer.");
+
+    /// <summary>Reads an array of <see cref="Features"/> finite numbers.</summary>
+    public double[] Array(string name) => ReadArray(_root, name, Features);
+
+    private static double[] ReadArray(JsonElement root, string name, int features)
+    {
+        JsonElement array = Required(root, name, JsonValueKind.Array);
+        if (array.GetArrayLength() != features)
+        {
+            throw new FormatException(string.Create(CultureInfo.InvariantCulture, $"'{name}' has {array.GetArrayLength()} values, but 'features' is {features}."));
+        }
+
+        var values = new double[features];
+        int i = 0;
+        foreach (JsonElement item in array.EnumerateArray())
+        {
+            values[i] = Number(item, string.Create(CultureInfo.InvariantCulture, $"{name}[{i}]"));
+            i++;
+        }
+
+        return values;
+    }
+
+    private static JsonElement Required(JsonElement root, string name, JsonValueKind? kind)
+    {
+        if (!root.TryGetProperty(name, out JsonElement element))
+        {
+            throw new FormatException($"The saved state lacks the field '{name}'.");
+        }
+
+        if (kind is { } k && element.ValueKind != k)
+        {
+            throw new FormatException($"The field '{name}' must be a JSON {k.ToString().ToLowerInvariant()}, not {element.ValueKind.ToString().ToLowerInvariant()}.");
+        }
+
+        return element;
+    }
+
+    private static double Number(JsonElement element, string name)
+    {
+        if (element.ValueKind != JsonValueKind.Number || !element.TryGetDouble(out double value) || !double.IsFinite(value))
+        {
+            throw new FormatException($"'{name}' must be a finite number, not {element.GetRawText()}.");
+        }
+
+        return value;
+    }
+
+    /// <summary>Writes the fields of a state.</summary>
+    internal readonly struct Writer(Utf8JsonWriter json)
+    {
+        public void Number(string name, double value) => json.WriteNumber(name, value);
+
+        public void NullableNumber(string name, double? value)
+        {
+            if (value is double v)
+            {
+                json.WriteNumber(name, v);
+            }
+            else
+            {
+                json.WriteNull(name);
+            }
+        }
+
+        public void Integer(string name, long value) => json.WriteNumber(name, value);
+
+        public void Array(string name, Vector<double> values)
+        {
+            json.WriteStartArray(name);
+            foreach (double v in values)
+            {
+                json.WriteNumberValue(v);
+            }
+
+            json.WriteEndArray();
+        }
+    }
+}

@@ -1,0 +1,365 @@
+using System;
+using System.Collections.Generic;
+using System.Globalization;
+using MathNet.Numerics.LinearAlgebra;
+
+namespace BatchNorm;
+
+/// <summary>
+/// The base of the library's normalization layers: γ, β and their gradients, the mode and the backward strategy, the
+/// argument checks, the double-buffered cache, and the shared engine that every layer runs on. A layer type adds only
+/// how it cuts a batch into segments and where its statistics come from.
+/// </summary>
+/// <remarks>
+/// <para><b>Bad input</b> throws before anything is written: the running statistics, the cache, γ, β and the gradients
+/// stay as they were. The cache is switched only once a step's output has been written, so a step that fails late
+/// (a non-finite column, or a destination that refuses the write) leaves the previous Forward's cache.</para>
+/// <para><b>Threads:</b> a layer is not thread-safe: call it from one thread at a time (different layers may run on
+/// different threads). Large batches are split across worker threads inside Forward and Backward; the call still
+/// returns only when all of the work is done. See <see cref="MaxDegreeOfParallelism"/>.</para>
+/// <para><b>Allocation:</b> the destination overloads allocate nothing once the caches exist for the batch shape
+/// (after two steps of that shape); the allocating overloads allocate their result only. Non-dense arguments are
+/// copied into scratch matrices that are kept and reused.</para>
+/// </remarks>
+public abstract class NormalizationLayer : INormalizationLayer
+{
+    private readonly NormalizationEngine _engine;
+    private readonly double[] _scale, _scaleGradient, _shiftGradient;
+    private BackwardStrategy _backwardStrategy;
+    private NormalizationCache? _cache, _spareCache;
+    private Matrix<double>? _inputScratch, _outputScratch, _outputGradientScratch, _inputGradientScratch;
+
+    /// <summary>Checks and stores what every layer has, with γ = 1 and β = 0.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="features"/> ≤ 0 or ε not positive and finite.</exception>
+    /// <exception cref="ArgumentException">A strategy whose <see cref="BackwardStrategy.SumCount"/> is below 2.</exception>
+    private protected NormalizationLayer(int features, double epsilon, BackwardStrategy? backward)
+    {
+        Guard.Features(features);
+        Guard.Epsilon(epsilon);
+        Features = features;
+        Epsilon = epsilon;
+        _backwardStrategy = CheckedStrategy(backward ?? BackwardStrategy.ClosedForm, nameof(backward));
+        _engine = new NormalizationEngine(new ColumnRunner());
+        _scale = new double[features];
+        _scaleGradient = new double[features];
+        _shiftGradient = new double[features];
+        Gamma = Vector<double>.Build.Dense(features);
+        Beta = Vector<double>.Build.Dense(features);
+        GammaGradient = Vector<double>.Build.Dense(features);
+        BetaGradient = Vector<double>.Build.Dense(features);
+        Parameters = [new LayerParameter("gamma", Gamma, GammaGradient), new LayerParameter("beta", Beta, BetaGradient)];
+        ResetParameters();
+    }
+
+    /// <inheritdoc/>
+    public int Features { get; }
+
+    /// <inheritdoc/>
+    public double Epsilon { get; private set; }
+
+    /// <inheritdoc/>
+    /// <remarks>True at start. Reading or setting it allocates nothing. Set it between steps.</remarks>
+    public bool IsTraining { get; set; } = true;
+
+    /// <summary>Gets or sets how Backward computes the gradients. <see cref="BackwardStrategy.ClosedForm"/> by default.</summary>
+    /// <exception cref="ArgumentNullException">The value is null.</exception>
+    /// <exception cref="ArgumentException">The strategy's <see cref="BackwardStrategy.SumCount"/> is below 2.</exception>
+    /// <remarks>Strategies are stateless and may be shared by any number of layers.</remarks>
+    public BackwardStrategy BackwardStrategy
+    {
+        get => _backwardStrategy;
+        set => _backwardStrategy = CheckedStrategy(value, nameof(value));
+    }
+
+    /// <summary>Gets γ, the per-feature scale, 1 at start. The layer owns it; an optimizer updates it in place.</summary>
+    /// <remarks>The same vector for the layer's lifetime; reading the property allocates nothing.</remarks>
+    public Vector<double> Gamma { get; }
+
+    /// <summary>Gets β, the per-feature shift, 0 at start. The layer owns it; an optimizer updates it in place.</summary>
+    public Vector<double> Beta { get; }
+
+    /// <summary>Gets dL/dγ, overwritten by each Backward; 0 before the first.</summary>
+    public Vector<double> GammaGradient { get; }
+
+    /// <summary>Gets dL/dβ = Σᵢ dyᵢ, overwritten by each Backward; 0 before the first.</summary>
+    public Vector<double> BetaGradient { get; }
+
+    /// <summary>Gets γ and β with their gradients, as named pairs: ("gamma", Gamma, GammaGradient) and ("beta", Beta, BetaGradient).</summary>
+    /// <remarks>The list and its vectors are the layer's own and never change identity; reading it allocates nothing.</remarks>
+    public IReadOnlyList<LayerParameter> Parameters { get; }
+
+    /// <summary>Gets what the last Forward kept for Backward; null before the first Forward and after an import.</summary>
+    /// <remarks>Allocates nothing. The layer alternates between two cache objects of the same shape: a cache you hold keeps its values through the next Forward and is overwritten by the one after.</remarks>
+    public NormalizationCache? Cache => _cache;
+
+    /// <summary>
+    /// Gets or sets the most threads one Forward or Backward over column segments may use; 1 keeps every step on the
+    /// calling thread. The default is <see cref="Environment.ProcessorCount"/>. Whatever the setting, a batch with fewer
+    /// than 2·32768 elements runs on the calling thread, and no thread gets fewer than 32768. Row groups (layer and group
+    /// norm) run on the calling thread.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is less than 1.</exception>
+    public int MaxDegreeOfParallelism
+    {
+        get => _engine.Runner.MaxDegreeOfParallelism;
+        set
+        {
+            if (value < 1)
+            {
+                throw new ArgumentOutOfRangeException(nameof(value), value, "At least one thread is needed.");
+            }
+
+            _engine.Runner.MaxDegreeOfParallelism = value;
+        }
+    }
+
+    /// <summary>The engine, for the layer types' statistics.</summary>
+    private protected NormalizationEngine Engine => _engine;
+
+    /// <summary>Sets γ to 1 and β to 0.</summary>
+    /// <remarks>In place; allocates nothing.</remarks>
+    public void ResetParameters()
+    {
+        DenseColumns.Data(Gamma).Fill(1.0);
+        DenseColumns.Data(Beta).Clear();
+    }
+
+    /// <summary>Normalizes a mini-batch and returns y in a new N×D matrix.</summary>
+    /// <param name="input">x, N×D.</param>
+    /// <returns>y, a new dense N×D matrix.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="input"/> is null.</exception>
+    /// <exception cref="ArgumentException">The column count is not <see cref="Features"/>, the layer type's row rule is
+    /// broken, or a segment holds NaN or infinity or overflows its statistics (the message names it).</exception>
+    /// <remarks>Allocates the result, and the cache when the batch shape changes.</remarks>
+    public Matrix<double> Forward(Matrix<double> input)
+    {
+        CheckInput(input);
+        Matrix<double> output = Matrix<double>.Build.Dense(input.RowCount, input.ColumnCount);
+        ForwardCore(input, output);
+        return output;
+    }
+
+    /// <summary>Normalizes a mini-batch into <paramref name="output"/>.</summary>
+    /// <param name="input">x, N×D.</param>
+    /// <param name="output">Receives y; N×D. It may be <paramref name="input"/> itself. If a non-finite segment makes the
+    /// call throw, parts of it may already have been written (the layer's own state is untouched).</param>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    /// <exception cref="ArgumentException">As for <see cref="Forward(Matrix{double})"/>, or <paramref name="output"/>'s shape differs from <paramref name="input"/>'s.</exception>
+    /// <remarks>Allocates nothing when both matrices are dense and the shape is that of the previous Forward.</remarks>
+    public void Forward(Matrix<double> input, Matrix<double> output)
+    {
+        CheckInput(input);
+        Guard.NotNull(output, nameof(output));
+        Guard.SameShape(output, input.RowCount, input.ColumnCount, nameof(output), nameof(input));
+        ForwardCore(input, output);
+    }
+
+    /// <summary>Back-propagates dL/dy through the last Forward and returns dL/dx in a new matrix.</summary>
+    /// <param name="outputGradient">dL/dy, of the shape of the last Forward's input.</param>
+    /// <returns>dL/dx, a new dense N×D matrix. <see cref="GammaGradient"/> and <see cref="BetaGradient"/> are overwritten.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="outputGradient"/> is null.</exception>
+    /// <exception cref="ArgumentException">The shape differs from the last Forward's, or a column holds NaN or infinity or overflows Σdy or Σdy·x̂ (the message names it).</exception>
+    /// <exception cref="InvalidOperationException">No Forward has run yet.</exception>
+    public Matrix<double> Backward(Matrix<double> outputGradient)
+    {
+        NormalizationCache cache = CheckOutputGradient(outputGradient);
+        Matrix<double> inputGradient = Matrix<double>.Build.Dense(cache.BatchSize, cache.Features);
+        BackwardCore(cache, outputGradient, inputGradient);
+        return inputGradient;
+    }
+
+    /// <summary>Back-propagates dL/dy through the last Forward, writing dL/dx into <paramref name="inputGradient"/>.</summary>
+    /// <param name="outputGradient">dL/dy, of the shape of the last Forward's input.</param>
+    /// <param name="inputGradient">Receives dL/dx; same shape. It may be <paramref name="outputGradient"/> itself.
+    /// If an exception is thrown for a non-finite column, its contents are unspecified (the layer's own state is untouched).</param>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    /// <exception cref="ArgumentException">As for <see cref="Backward(Matrix{double})"/>, or <paramref name="inputGradient"/> has another shape.</exception>
+    /// <exception cref="InvalidOperationException">No Forward has run yet.</exception>
+    /// <remarks>Allocates nothing when both matrices are dense.</remarks>
+    public void Backward(Matrix<double> outputGradient, Matrix<double> inputGradient)
+    {
+        NormalizationCache cache = CheckOutputGradient(outputGradient);
+        Guard.NotNull(inputGradient, nameof(inputGradient));
+        Guard.SameShape(inputGradient, cache.BatchSize, cache.Features, nameof(inputGradient), nameof(outputGradient));
+        BackwardCore(cache, outputGradient, inputGradient);
+    }
+
+    /// <summary>Writes the layer's state as JSON: its type, a format version, its settings, γ, β and (where it has them) the running statistics.</summary>
+    /// <returns>The JSON text.</returns>
+    /// <remarks>Doubles are written in their shortest round-trip form, so an import restores them bit for bit. Gradients,
+    /// the cache and the mode are not saved: they belong to a step, not to the layer. Allocates the text.</remarks>
+    public string ExportState() => LayerState.Export(this);
+
+    /// <summary>Restores a state written by <see cref="ExportState"/> of a layer of this type and feature count.</summary>
+    /// <param name="json">The JSON text.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="json"/> is null.</exception>
+    /// <exception cref="FormatException">The text is not valid JSON (for example truncated), is of another layer type or
+    /// version, lacks a field, or holds a non-finite or out-of-range value. The message names the problem.</exception>
+    /// <exception cref="ArgumentException">The state is for a different number of features (or groups).</exception>
+    /// <remarks>Everything is checked before anything is written, so a failed import leaves the layer untouched. A
+    /// successful one drops the cache, which came from the old parameters; gradients and the mode are left as they are.</remarks>
+    public void ImportState(string json)
+    {
+        Guard.NotNull(json, nameof(json));
+        LayerState state = LayerState.Parse(json, StateFormat);
+        if (StateShapeMismatch(state) is string mismatch)
+        {
+            throw new ArgumentException(mismatch, nameof(json));
+        }
+
+        Action? applyOwnFields = ReadStateFields(state);
+        state.ApplyCommon(this);
+        applyOwnFields?.Invoke();
+        _cache = null;
+        _spareCache = null;
+    }
+
+    /// <summary>Creates a layer of whatever type a state written by <see cref="ExportState"/> holds.</summary>
+    /// <param name="json">The JSON text.</param>
+    /// <returns>A new layer in training mode with the closed-form backward strategy, of the saved type.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="json"/> is null.</exception>
+    /// <exception cref="FormatException">As for <see cref="ImportState"/>, or the type is not one of this library's layers.</exception>
+    public static NormalizationLayer FromState(string json) => LayerState.Create(json);
+
+    /// <summary>Describes the layer: its type, features, mode and backward strategy.</summary>
+    /// <returns>For example "BatchNormLayer(features: 128, training, strategy: closed)".</returns>
+    public override string ToString()
+        => string.Create(CultureInfo.InvariantCulture, $"{GetType().Name}(features: {Features}{Describe()}, {(IsTraining ? "training" : "inference")}, strategy: {BackwardStrategy.Name})");
+
+    /// <summary>The format name this layer type saves under, such as "BatchNorm.BatchNormLayer".</summary>
+    private string StateFormat => LayerState.FormatOf(GetType());
+
+    /// <summary>What <see cref="ToString"/> adds after the feature count, such as ", groups: 4".</summary>
+    private protected virtual string Describe() => string.Empty;
+
+    /// <summary>How a batch of <paramref name="rows"/> rows is cut into segments in the current mode.</summary>
+    private protected abstract SegmentLayout Layout(int rows);
+
+    /// <summary>Checks the layer type's rules for an input whose column count is right (for example a minimum row count).</summary>
+    private protected virtual void CheckRows(Matrix<double> input)
+    {
+    }
+
+    /// <summary>
+    /// Computes the statistics, x̂ and y of a step into <paramref name="next"/> and <paramref name="y"/>, with the engine:
+    /// by default each segment with its own statistics. Returns the first segment (in the engine's numbering) whose
+    /// statistics are not finite, or −1.
+    /// </summary>
+    private protected virtual int Normalize(Matrix<double> x, Matrix<double> y, NormalizationCache next)
+        => next.Layout.ByRow
+            ? _engine.ForwardRows(x, y, next, Gamma, Beta)
+            : _engine.ForwardColumns(x, y, next, Gamma, Beta, affine: null, given: false);
+
+    /// <summary>Called once a Forward has succeeded and its cache is current: the place to update running statistics.</summary>
+    private protected virtual void OnForwardCommitted(NormalizationCache cache)
+    {
+    }
+
+    /// <summary>Fills γ′ per feature, the scale the Forward applied to x̂; γ for most layers.</summary>
+    private protected virtual void BackwardScale(Span<double> scale) => DenseColumns.Data(Gamma).CopyTo(scale);
+
+    /// <summary>
+    /// Runs the backward pass with the engine: dL/dx, and dL/dγ′ and dL/dβ′ of the affine map y = γ′·x̂ + β′ that the
+    /// Forward applied. Returns the first feature whose sums are not finite, or −1.
+    /// </summary>
+    private protected virtual int Differentiate(NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient)
+        => _engine.Backward(_backwardStrategy, cache, scale, dy, dx, scaleGradient, shiftGradient);
+
+    /// <summary>Turns dL/dγ′ and dL/dβ′ into dL/dγ and dL/dβ, in place; the identity where γ′ = γ and β′ = β.</summary>
+    private protected virtual void ToParameterGradients(Span<double> scaleGradient, Span<double> shiftGradient)
+    {
+    }
+
+    /// <summary>Says how a parsed state does not fit this layer's shape (feature count, and whatever the type adds), or null when it fits.</summary>
+    internal virtual string? StateShapeMismatch(LayerState state)
+        => state.Features != Features
+            ? string.Create(CultureInfo.InvariantCulture, $"The saved state is for {state.Features} features, but this layer has {Features}.")
+            : null;
+
+    /// <summary>Writes the layer type's own saved fields (running statistics, settings) after the common ones.</summary>
+    internal virtual void WriteStateFields(LayerState.Writer writer)
+    {
+    }
+
+    /// <summary>
+    /// Reads and checks the layer type's own fields of a state, writing nothing; returns what writes them into the
+    /// layer, or null when the type has none. The import applies it only once every field has been read.
+    /// </summary>
+    internal virtual Action? ReadStateFields(LayerState state) => null;
+
+    /// <summary>Sets ε from an imported state.</summary>
+    internal void SetEpsilon(double epsilon) => Epsilon = epsilon;
+
+    private static BackwardStrategy CheckedStrategy(BackwardStrategy strategy, string parameterName)
+    {
+        Guard.NotNull(strategy, parameterName);
+        if (strategy.SumCount < BackwardStrategy.ParameterSums)
+        {
+            throw new ArgumentException(
+                string.Create(CultureInfo.InvariantCulture, $"The {strategy.Name} strategy reports {strategy.SumCount} sums per segment, but every strategy provides at least Σdy·x̂ and Σdy."),
+                parameterName);
+        }
+
+        return strategy;
+    }
+
+    private void CheckInput(Matrix<double> input)
+    {
+        Guard.NotNull(input, nameof(input));
+        Guard.Columns(input, Features, nameof(input));
+        CheckRows(input);
+    }
+
+    private NormalizationCache CheckOutputGradient(Matrix<double> outputGradient)
+    {
+        NormalizationCache cache = _cache ?? throw new InvalidOperationException("Backward needs the cache of a Forward; call Forward first.");
+        Guard.NotNull(outputGradient, nameof(outputGradient));
+        Guard.SameShape(outputGradient, cache.BatchSize, cache.Features, nameof(outputGradient), "the last Forward's input");
+        return cache;
+    }
+
+    private void ForwardCore(Matrix<double> input, Matrix<double> output)
+    {
+        Matrix<double> x = DenseColumns.AsDense(input, ref _inputScratch);
+        Matrix<double> y = DenseColumns.DenseTarget(output, ref _outputScratch);
+
+        // The step is written into the spare cache; the current one stays as it was until the step has succeeded.
+        SegmentLayout layout = Layout(input.RowCount);
+        NormalizationCache next = _spareCache is { } spare && spare.Layout == layout ? spare : new NormalizationCache(layout);
+        next.IsTraining = IsTraining;
+        next.Epsilon = Epsilon;
+        next.FrozenStatistics = false;
+        next.Synchronized = false;
+        next.SegmentValues = layout.SegmentRows * layout.SegmentColumns;
+        next.SegmentOffset = 0;
+        int bad = Normalize(x, y, next);
+        _spareCache = next;
+        if (bad >= 0)
+        {
+            throw NormalizationEngine.NotFinite(layout, bad, nameof(input));
+        }
+
+        DenseColumns.CopyBack(y, output);
+        _spareCache = _cache;
+        _cache = next;
+        OnForwardCommitted(next);
+    }
+
+    private void BackwardCore(NormalizationCache cache, Matrix<double> outputGradient, Matrix<double> inputGradient)
+    {
+        Matrix<double> dy = DenseColumns.AsDense(outputGradient, ref _outputGradientScratch);
+        Matrix<double> dx = DenseColumns.DenseTarget(inputGradient, ref _inputGradientScratch);
+        BackwardScale(_scale);
+        int bad = Differentiate(cache, _scale, dy, dx, _scaleGradient, _shiftGradient);
+        if (bad >= 0)
+        {
+            // dβ = Σdy and dγ = Σdy·x̂ are finite exactly when the column of dy is finite and its sums do not overflow.
+            throw Guard.NotFinite(nameof(outputGradient), bad, "cannot be back-propagated");
+        }
+
+        DenseColumns.CopyBack(dx, inputGradient);
+        ToParameterGradients(_scaleGradient, _shiftGradient);
+        _scaleGradient.CopyTo(DenseColumns.Data(GammaGradient));
+        _shiftGradient.CopyTo(DenseColumns.Data(BetaGradient));
+    }
+}

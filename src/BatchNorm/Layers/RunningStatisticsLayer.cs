@@ -1,0 +1,180 @@
+using System;
+using MathNet.Numerics.LinearAlgebra;
+
+namespace BatchNorm;
+
+/// <summary>
+/// The base of the layers that keep running statistics (batch norm and batch renorm): in training they normalize each
+/// feature with the batch's statistics and fold those into the running mean and variance; in inference they normalize
+/// with the running statistics, a per-feature affine map that folds into a preceding Linear layer.
+/// </summary>
+/// <remarks>
+/// <para>Per feature, after a training Forward with N rows (or N/G per ghost batch): running_mean ← (1 − m)·running_mean
+/// + m·μ and running_var ← (1 − m)·running_var + m·σ²·N/(N − 1). The running variance is unbiased, as in PyTorch; the
+/// variance used to normalize is biased (÷N). With <see cref="Momentum"/> null, m = 1/BatchesTracked (after the
+/// increment): a cumulative moving average. Keras' momentum is the weight of the old value: Keras 0.99 is m = 0.01 here.</para>
+/// <para>Inference changes no state but the cache, and works on any number of rows, including one. Backward after an
+/// inference Forward is the frozen-statistics gradient dx = dy·γ/√(running_var + ε).</para>
+/// </remarks>
+public abstract class RunningStatisticsLayer : NormalizationLayer
+{
+    /// <summary>Checks and stores the settings, with running mean 0 and running variance 1.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">As for <see cref="NormalizationLayer"/>, or the momentum lies outside [0, 1].</exception>
+    private protected RunningStatisticsLayer(int features, double epsilon, double? momentum, BackwardStrategy? backward)
+        : base(features, epsilon, backward)
+    {
+        Guard.Momentum(momentum);
+        Momentum = momentum;
+        RunningMean = Vector<double>.Build.Dense(features);
+        RunningVariance = Vector<double>.Build.Dense(features);
+        ResetRunningStatistics();
+    }
+
+    /// <summary>Gets m, the weight of each new batch in the running statistics; null for a cumulative moving average.</summary>
+    public double? Momentum { get; private set; }
+
+    /// <summary>Gets the running mean, 0 at start, used by inference Forward.</summary>
+    /// <remarks>The same vector for the layer's lifetime; it may be edited in place between steps.</remarks>
+    public Vector<double> RunningMean { get; }
+
+    /// <summary>Gets the running (unbiased) variance, 1 at start, used by inference Forward.</summary>
+    public Vector<double> RunningVariance { get; }
+
+    /// <summary>Gets the number of training batches folded into the running statistics.</summary>
+    public long BatchesTracked { get; private set; }
+
+    /// <summary>Sets the running mean to 0, the running variance to 1 and <see cref="BatchesTracked"/> to 0.</summary>
+    /// <remarks>In place; allocates nothing.</remarks>
+    public void ResetRunningStatistics()
+    {
+        DenseColumns.Data(RunningMean).Clear();
+        DenseColumns.Data(RunningVariance).Fill(1.0);
+        BatchesTracked = 0;
+    }
+
+    /// <summary>
+    /// Folds this layer's inference transform into a preceding affine map z = x·W + b: returns W′ and b′ with
+    /// x·W′ + b′ = layer(x·W + b) in inference mode, where W′ = W·diag(s), b′ = (b − running_mean)⊙s + β and
+    /// s = γ/√(running_var + ε).
+    /// </summary>
+    /// <param name="weights">W, in×D, where D is <see cref="NormalizationLayer.Features"/>.</param>
+    /// <param name="bias">b, D values.</param>
+    /// <returns>New W′ (in×D) and b′ (D values); the arguments are not modified.</returns>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    /// <exception cref="ArgumentException"><paramref name="weights"/> does not have D columns or <paramref name="bias"/> D elements.</exception>
+    /// <remarks>Uses the running statistics whatever <see cref="NormalizationLayer.IsTraining"/> is, and changes no state. Allocates the results.</remarks>
+    public (Matrix<double> Weights, Vector<double> Bias) FoldInto(Matrix<double> weights, Vector<double> bias)
+    {
+        Guard.NotNull(weights, nameof(weights));
+        Guard.NotNull(bias, nameof(bias));
+        Guard.Columns(weights, Features, nameof(weights));
+        Guard.Length(bias, Features, nameof(bias));
+        Vector<double> scale = Vector<double>.Build.Dense(Features, j => Gamma[j] / Math.Sqrt(RunningVariance[j] + Epsilon));
+        Matrix<double> foldedWeights = weights.Multiply(Matrix<double>.Build.DiagonalOfDiagonalVector(scale));
+        Vector<double> foldedBias = Vector<double>.Build.Dense(Features, j => ((bias[j] - RunningMean[j]) * scale[j]) + Beta[j]);
+        return (foldedWeights, foldedBias);
+    }
+
+    /// <summary>Puts back a batch count saved earlier, for helpers that must leave the layer as they found it.</summary>
+    internal void RestoreBatchesTracked(long batches) => BatchesTracked = batches;
+
+    /// <summary>Whether a training batch may have fewer than 2 rows (synchronized workers, where the total counts).</summary>
+    private protected virtual bool AcceptsFewerThanTwoRows => false;
+
+    /// <summary>The number of blocks a training batch of <paramref name="rows"/> rows is cut into: 1, or N/G with ghost batches.</summary>
+    private protected virtual int TrainingRowBlocks(int rows) => 1;
+
+    /// <summary>An affine map other than γ and β that training applies, worked out from the batch statistics; null for γ and β.</summary>
+    private protected virtual ISegmentAffine? TrainingAffine => null;
+
+    private protected override SegmentLayout Layout(int rows) => SegmentLayout.ColumnBlocksOf(rows, Features, IsTraining ? TrainingRowBlocks(rows) : 1);
+
+    private protected override void CheckRows(Matrix<double> input)
+    {
+        if (IsTraining && input.RowCount < 2 && !AcceptsFewerThanTwoRows)
+        {
+            throw new ArgumentException(
+                $"Training needs at least 2 rows to estimate a variance, but input is {Guard.Shape(input)}. Set IsTraining = false to normalize single rows with the running statistics.",
+                nameof(input));
+        }
+    }
+
+    private protected override int Normalize(Matrix<double> x, Matrix<double> y, NormalizationCache next)
+    {
+        if (IsTraining)
+        {
+            return NormalizeTraining(x, y, next);
+        }
+
+        // Inference: the running statistics, as given statistics of one segment per feature.
+        Engine.GivenStatistics(Features, out Span<double> center, out Span<double> correction, out Span<double> variance);
+        DenseColumns.Data(RunningMean).CopyTo(center);
+        correction.Clear();
+        DenseColumns.Data(RunningVariance).CopyTo(variance);
+        next.FrozenStatistics = true;
+        return Engine.ForwardColumns(x, y, next, Gamma, Beta, affine: null, given: true);
+    }
+
+    /// <summary>A training Forward: by default each segment with its own statistics, computed by the engine.</summary>
+    private protected virtual int NormalizeTraining(Matrix<double> x, Matrix<double> y, NormalizationCache next)
+        => Engine.ForwardColumns(x, y, next, Gamma, Beta, TrainingAffine, given: false);
+
+    private protected override void OnForwardCommitted(NormalizationCache cache)
+    {
+        if (!cache.FrozenStatistics)
+        {
+            UpdateRunningStatistics(cache);
+        }
+    }
+
+    internal override void WriteStateFields(LayerState.Writer writer)
+    {
+        writer.NullableNumber("momentum", Momentum);
+        writer.Array("runningMean", RunningMean);
+        writer.Array("runningVariance", RunningVariance);
+        writer.Integer("batchesTracked", BatchesTracked);
+    }
+
+    internal override Action? ReadStateFields(LayerState state)
+    {
+        double? momentum = state.NullableNumber("momentum");
+        if (momentum is double m && !(m >= 0 && m <= 1))
+        {
+            throw new FormatException("'momentum' must be a number in [0, 1] or null.");
+        }
+
+        double[] mean = state.Array("runningMean"), variance = state.Array("runningVariance");
+        if (Array.Exists(variance, v => v < 0))
+        {
+            throw new FormatException("'runningVariance' holds a negative value.");
+        }
+
+        long batches = state.Count("batchesTracked");
+        return () =>
+        {
+            Momentum = momentum;
+            mean.CopyTo(DenseColumns.Data(RunningMean));
+            variance.CopyTo(DenseColumns.Data(RunningVariance));
+            BatchesTracked = batches;
+        };
+    }
+
+    /// <summary>Folds the batch statistics into the running ones: once per block with ghost batches, in block order.</summary>
+    private void UpdateRunningStatistics(NormalizationCache batch)
+    {
+        int blocks = batch.RowBlocks, rows = batch.SegmentValues;
+        double bessel = (double)rows / (rows - 1);
+        Span<double> runningMean = DenseColumns.Data(RunningMean), runningVariance = DenseColumns.Data(RunningVariance);
+        for (int b = 0; b < blocks; b++)
+        {
+            BatchesTracked++;
+            double m = Momentum ?? 1.0 / BatchesTracked;
+            for (int j = 0; j < Features; j++)
+            {
+                int k = (j * blocks) + b;
+                runningMean[j] = ((1 - m) * runningMean[j]) + (m * batch.Mean[k]);
+                runningVariance[j] = ((1 - m) * runningVariance[j]) + (m * batch.Variance[k] * bessel);
+            }
+        }
+    }
+}
