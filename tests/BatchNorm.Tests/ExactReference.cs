@@ -140,3 +140,25 @@ internal sealed class ExactColumn
 
     public double GammaGradient { get; }
 }
+
+/// <summary>The accuracy measure of the hard cases: errors in units of the last place of the largest exact value.</summary>
+internal static class Ulps
+{
+    /// <summary>The bound the README promises.</summary>
+    public const double Max = 4;
+
+    /// <summary>
+    /// Asserts that every actual value lies within <see cref="Max"/> units in the last place of the largest expected
+    /// value (or of <paramref name="unitOf"/>, for a sum whose terms may cancel) from the expected one.
+    /// </summary>
+    public static void AssertClose(string what, double[] expected, double[] actual, double? unitOf = null)
+    {
+        double unit = Math.Max(Ulp(unitOf ?? expected.Max(Math.Abs)), double.Epsilon);
+        double worst = expected.Zip(actual, (e, a) => Math.Abs(e - a) / unit).Max();
+        Assert.True(
+            worst <= Max,
+            string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{what}: off by {worst:F1} units in the last place of its largest value (at most {Max})"));
+    }
+
+    private static double Ulp(double value) => Math.BitIncrement(value) - value;
+}

@@ -9,13 +9,21 @@ namespace BatchNorm;
 /// Forward: each worker's moments per feature, merged with Chan's parallel formula. Backward: the strategy's sums per
 /// segment, added up. Every worker merges the gathered values itself, in rank order, so all compute bit-identical results.
 /// </summary>
-/// <remarks>One synchronizer serves one layer; its gather buffers are kept, so steps allocate nothing of their own.</remarks>
+/// <remarks>
+/// <para>Every exchange carries a status slot behind each worker's values. A worker that rejects its own arguments still
+/// takes part, with a status that says so, and then throws its own exception; every other worker then throws too,
+/// naming that worker, rather than wait for it. A worker whose batch holds NaN or infinity sends its non-finite moments
+/// or sums: it reports its own column, and the others name it.</para>
+/// <para>One synchronizer serves one layer; its gather buffers are kept, so steps allocate nothing of their own.</para>
+/// </remarks>
 internal sealed class StatisticsSynchronizer(IStatisticsExchange exchange)
 {
     /// <summary>Values per feature in a forward exchange: count, mean (two parts) and sum of squared deviations.</summary>
     private const int ForwardSlots = 4;
 
-    private double[] _local = [], _gathered = [];
+    private const double Accepted = 0, Rejected = 1;
+
+    private readonly Channel _forward = new(), _backward = new();
 
     /// <summary>Gets the transport.</summary>
     public IStatisticsExchange Exchange { get; } = exchange;
@@ -25,12 +33,15 @@ internal sealed class StatisticsSynchronizer(IStatisticsExchange exchange)
     /// order into the center, correction (the mean is their sum, kept in two parts as by <see cref="ColumnKernels.Moments"/>)
     /// and biased variance of each feature.
     /// </summary>
-    /// <returns>The total row count over all workers, and the index of this worker's first row among them.</returns>
+    /// <returns>The total row count over all workers, the index of this worker's first row among them, and the first
+    /// column of this worker's own batch that holds NaN or infinity (−1 when none does).</returns>
     /// <exception cref="ArgumentException">All workers together hold fewer than 2 rows; every worker throws it.</exception>
-    public (int Total, int Offset) MergeMoments(Matrix<double> input, Span<double> center, Span<double> correction, Span<double> variance)
+    /// <exception cref="InvalidOperationException">Another worker rejected its arguments or its batch holds NaN or infinity,
+    /// or the exchange reports an impossible worker count or rank.</exception>
+    public (int Total, int Offset, int BadColumn) MergeMoments(Matrix<double> input, Span<double> center, Span<double> correction, Span<double> variance)
     {
-        int workers = WorkerCount(), rank = Exchange.Rank, n = input.RowCount, features = input.ColumnCount;
-        Span<double> local = Buffer(ref _local, ForwardSlots * features);
+        int n = input.RowCount, features = input.ColumnCount;
+        Span<double> local = _forward.Local(ForwardSlots * features);
         for (int j = 0; j < features; j++)
         {
             // A worker with no rows still takes part, with a count of 0, so that no peer waits for it.
@@ -47,17 +58,23 @@ internal sealed class StatisticsSynchronizer(IStatisticsExchange exchange)
             local[(ForwardSlots * j) + 3] = squares;
         }
 
-        Span<double> gathered = Buffer(ref _gathered, workers * local.Length);
-        Exchange.AllGather(local, gathered);
-
+        Gather(_forward, Accepted, "its input");
+        int workers = _forward.Workers, rank = Exchange.Rank;
         long total = 0, first = 0;
         for (int r = 0; r < workers; r++)
         {
-            long count = (long)gathered[r * local.Length];
+            long count = (long)_forward.Of(r)[0];
             total += count;
             first += r < rank ? count : 0;
         }
 
+        int ownBad = FirstNonFinite(_forward.Of(rank), ForwardSlots, ForwardSlots);
+        if (ownBad >= 0)
+        {
+            return (0, 0, ownBad);
+        }
+
+        ThrowForPeer(_forward, ForwardSlots, ForwardSlots, "batch", "normalized");
         if (total < 2)
         {
             throw new ArgumentException(
@@ -68,31 +85,31 @@ internal sealed class StatisticsSynchronizer(IStatisticsExchange exchange)
         {
             // Chan et al.'s parallel formula in its summed form: with per-worker counts nᵣ, means μᵣ and sums of squared
             // deviations Mᵣ, μ = Σ nᵣμᵣ/N and M = Σ (Mᵣ + nᵣ·(μᵣ − μ)²). Means are kept as center + offset, so that
-            // x − μ keeps its digits far from zero. Workers without rows add nothing.
+            // x − μ keeps its digits far from zero; the center is that of the first worker with rows.
+            int at = ForwardSlots * j;
             double c = 0, offset = 0;
             for (int r = 0; r < workers; r++)
             {
-                int at = (r * local.Length) + (ForwardSlots * j);
-                if (gathered[at] > 0)
+                if (_forward.Of(r)[at] > 0)
                 {
-                    c = gathered[at + 1];
+                    c = _forward.Of(r)[at + 1];
                     break;
                 }
             }
 
             for (int r = 0; r < workers; r++)
             {
-                int at = (r * local.Length) + (ForwardSlots * j);
-                offset += gathered[at] * ((gathered[at + 1] - c) + gathered[at + 2]);
+                ReadOnlySpan<double> w = _forward.Of(r);
+                offset += w[at] * ((w[at + 1] - c) + w[at + 2]);
             }
 
             offset /= total;
             double squares = 0;
             for (int r = 0; r < workers; r++)
             {
-                int at = (r * local.Length) + (ForwardSlots * j);
-                double delta = (gathered[at + 1] - c) + gathered[at + 2] - offset;
-                squares += gathered[at + 3] + (gathered[at] * delta * delta);
+                ReadOnlySpan<double> w = _forward.Of(r);
+                double delta = (w[at + 1] - c) + w[at + 2] - offset;
+                squares += w[at + 3] + (w[at] * delta * delta);
             }
 
             center[j] = c;
@@ -100,28 +117,59 @@ internal sealed class StatisticsSynchronizer(IStatisticsExchange exchange)
             variance[j] = squares / total;
         }
 
-        return ((int)total, (int)first);
+        return ((int)total, (int)first, -1);
     }
 
-    /// <summary>Adds up the per-segment sums of every worker, in rank order, in place.</summary>
-    public void AddUp(Span<double> sums)
+    /// <summary>
+    /// Adds up the per-segment sums of every worker, in rank order, in place. <paramref name="sums"/> holds
+    /// <paramref name="sumCount"/> sums per segment, the first two Σdy·x̂ and Σdy, with one segment per feature.
+    /// </summary>
+    /// <returns>The first feature whose sums are not finite on this worker (its own output gradient is at fault), or −1.</returns>
+    /// <exception cref="InvalidOperationException">Another worker rejected its arguments or its output gradient holds NaN or infinity.</exception>
+    public int AddUp(Span<double> sums, int sumCount)
     {
-        int workers = WorkerCount();
-        Span<double> gathered = Buffer(ref _gathered, workers * sums.Length);
-        Exchange.AllGather(sums, gathered);
+        sums.CopyTo(_backward.Local(sums.Length));
+        Gather(_backward, Accepted, "its output gradient");
+        int ownBad = FirstNonFinite(_backward.Of(Exchange.Rank), sumCount, BackwardStrategy.ParameterSums);
+        if (ownBad >= 0)
+        {
+            return ownBad;
+        }
+
+        ThrowForPeer(_backward, sumCount, BackwardStrategy.ParameterSums, "output gradient", "back-propagated");
         for (int k = 0; k < sums.Length; k++)
         {
             double total = 0;
-            for (int r = 0; r < workers; r++)
+            for (int r = 0; r < _backward.Workers; r++)
             {
-                total += gathered[(r * sums.Length) + k];
+                total += _backward.Of(r)[k];
             }
 
             sums[k] = total;
         }
+
+        return -1;
     }
 
-    private int WorkerCount()
+    /// <summary>Takes part in a forward exchange for a step this worker has rejected, so that the others fail instead of waiting.</summary>
+    public void RejectForward(int features)
+    {
+        _forward.Local(ForwardSlots * features).Clear();
+        Gather(_forward, Rejected, "its input");
+    }
+
+    /// <summary>Takes part in a backward exchange of <paramref name="length"/> sums for a step this worker has rejected.</summary>
+    public void RejectBackward(int length)
+    {
+        _backward.Local(length).Clear();
+        Gather(_backward, Rejected, "its output gradient");
+    }
+
+    /// <summary>
+    /// One all-gather of a channel's local values and status. Unless this worker is rejecting the step itself, throws when
+    /// a peer rejected it.
+    /// </summary>
+    private void Gather(Channel channel, double status, string what)
     {
         int workers = Exchange.WorkerCount, rank = Exchange.Rank;
         if (workers < 1 || rank < 0 || rank >= workers)
@@ -130,16 +178,87 @@ internal sealed class StatisticsSynchronizer(IStatisticsExchange exchange)
                 string.Create(CultureInfo.InvariantCulture, $"The statistics exchange {Exchange.GetType().Name} reports worker count {workers} and rank {rank}; it needs at least 1 worker and a rank in [0, count)."));
         }
 
-        return workers;
+        Exchange.AllGather(channel.Sent(status), channel.Receive(workers));
+        for (int r = 0; r < workers && status == Accepted; r++)
+        {
+            if (channel.StatusOf(r) == Rejected)
+            {
+                throw new InvalidOperationException(
+                    string.Create(CultureInfo.InvariantCulture, $"Worker {r} rejected {what} in this synchronized step, so the step fails on every worker; the exception on worker {r} says why."));
+            }
+        }
     }
 
-    private static Span<double> Buffer(ref double[] buffer, int length)
+    /// <summary>The first group (feature or segment) of <paramref name="slots"/> values whose first <paramref name="checkedSlots"/> are not finite, or −1.</summary>
+    private static int FirstNonFinite(ReadOnlySpan<double> values, int slots, int checkedSlots)
     {
-        if (buffer.Length != length)
+        for (int g = 0; g < values.Length / slots; g++)
         {
-            buffer = new double[length];
+            for (int s = 0; s < checkedSlots; s++)
+            {
+                if (!double.IsFinite(values[(g * slots) + s]))
+                {
+                    return g;
+                }
+            }
         }
 
-        return buffer;
+        return -1;
+    }
+
+    private static void ThrowForPeer(Channel channel, int slots, int checkedSlots, string what, string verb)
+    {
+        for (int r = 0; r < channel.Workers; r++)
+        {
+            int bad = FirstNonFinite(channel.Of(r), slots, checkedSlots);
+            if (bad >= 0)
+            {
+                throw new InvalidOperationException(
+                    string.Create(CultureInfo.InvariantCulture, $"Column {bad} of worker {r}'s {what} cannot be {verb}: it holds NaN or infinity, or values so large that its sums overflow. The synchronized step fails on every worker."));
+            }
+        }
+    }
+
+    /// <summary>The buffers of one kind of exchange: this worker's values with a status slot behind them, and what is gathered.</summary>
+    private sealed class Channel
+    {
+        private double[] _local = [], _gathered = [];
+
+        /// <summary>Gets the number of workers of the last exchange.</summary>
+        public int Workers => _gathered.Length / _local.Length;
+
+        /// <summary>The local values of the next exchange, <paramref name="length"/> of them.</summary>
+        public Span<double> Local(int length)
+        {
+            if (_local.Length != length + 1)
+            {
+                _local = new double[length + 1];
+            }
+
+            return _local.AsSpan(0, length);
+        }
+
+        /// <summary>The local values and the status behind them, as sent.</summary>
+        public ReadOnlySpan<double> Sent(double status)
+        {
+            _local[^1] = status;
+            return _local;
+        }
+
+        /// <summary>The buffer for every worker's values and status.</summary>
+        public Span<double> Receive(int workers)
+        {
+            if (_gathered.Length != workers * _local.Length)
+            {
+                _gathered = new double[workers * _local.Length];
+            }
+
+            return _gathered;
+        }
+
+        /// <summary>Worker r's gathered values, without its status.</summary>
+        public ReadOnlySpan<double> Of(int r) => _gathered.AsSpan(r * _local.Length, _local.Length - 1);
+
+        public double StatusOf(int r) => _gathered[((r + 1) * _local.Length) - 1];
     }
 }

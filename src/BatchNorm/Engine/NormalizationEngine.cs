@@ -144,7 +144,12 @@ internal sealed class NormalizationEngine
         BackwardStrategy strategy, NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient, StatisticsSynchronizer synchronizer)
     {
         RunColumns(strategy, cache, scale, dy, dx, BackwardSteps.Sums);
-        synchronizer.AddUp(_sums.AsSpan(0, cache.Layout.Count * strategy.SumCount));
+        int bad = synchronizer.AddUp(_sums.AsSpan(0, cache.Layout.Count * strategy.SumCount), strategy.SumCount);
+        if (bad >= 0)
+        {
+            return bad;
+        }
+
         RunColumns(strategy, cache, scale, dy, dx, BackwardSteps.InputGradient);
         return ParameterGradients(cache, strategy.SumCount, scaleGradient, shiftGradient);
     }

@@ -128,11 +128,29 @@ public sealed class BatchNormLayer : RunningStatisticsLayer
 
         // The statistics of all workers' rows: exchanged and merged, then used as given statistics.
         Engine.GivenStatistics(Features, out Span<double> center, out Span<double> correction, out Span<double> variance);
-        (int total, int offset) = synchronizer.MergeMoments(x, center, correction, variance);
+        (int total, int offset, int bad) = synchronizer.MergeMoments(x, center, correction, variance);
+        if (bad >= 0)
+        {
+            return bad;
+        }
+
         next.Synchronized = true;
         next.SegmentValues = total;
         next.SegmentOffset = offset;
         return Engine.ForwardColumns(x, y, next, Gamma, Beta, affine: null, given: true);
+    }
+
+    private protected override void OnStepRejected(NormalizationCache? backwardOf)
+    {
+        // A synchronized worker that rejects its arguments still takes part in the exchange its peers are waiting in.
+        if (backwardOf is null && IsTraining && _synchronizer is { } forward)
+        {
+            forward.RejectForward(Features);
+        }
+        else if (backwardOf is { Synchronized: true } && _synchronizer is { } backward)
+        {
+            backward.RejectBackward(backwardOf.SegmentCount * BackwardStrategy.SumCount);
+        }
     }
 
     private protected override int Differentiate(NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient)

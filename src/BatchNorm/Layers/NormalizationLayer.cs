@@ -133,7 +133,16 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// <remarks>Allocates the result, and the cache when the batch shape changes.</remarks>
     public Matrix<double> Forward(Matrix<double> input)
     {
-        CheckInput(input);
+        try
+        {
+            CheckInput(input);
+        }
+        catch (ArgumentException)
+        {
+            OnStepRejected(backwardOf: null);
+            throw;
+        }
+
         Matrix<double> output = Matrix<double>.Build.Dense(input.RowCount, input.ColumnCount);
         ForwardCore(input, output);
         return output;
@@ -148,9 +157,18 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// <remarks>Allocates nothing when both matrices are dense and the shape is that of the previous Forward.</remarks>
     public void Forward(Matrix<double> input, Matrix<double> output)
     {
-        CheckInput(input);
-        Guard.NotNull(output, nameof(output));
-        Guard.SameShape(output, input.RowCount, input.ColumnCount, nameof(output), nameof(input));
+        try
+        {
+            CheckInput(input);
+            Guard.NotNull(output, nameof(output));
+            Guard.SameShape(output, input.RowCount, input.ColumnCount, nameof(output), nameof(input));
+        }
+        catch (ArgumentException)
+        {
+            OnStepRejected(backwardOf: null);
+            throw;
+        }
+
         ForwardCore(input, output);
     }
 
@@ -162,7 +180,17 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// <exception cref="InvalidOperationException">No Forward has run yet.</exception>
     public Matrix<double> Backward(Matrix<double> outputGradient)
     {
-        NormalizationCache cache = CheckOutputGradient(outputGradient);
+        NormalizationCache cache = _cache ?? throw NoForward();
+        try
+        {
+            CheckOutputGradient(cache, outputGradient);
+        }
+        catch (ArgumentException)
+        {
+            OnStepRejected(cache);
+            throw;
+        }
+
         Matrix<double> inputGradient = Matrix<double>.Build.Dense(cache.BatchSize, cache.Features);
         BackwardCore(cache, outputGradient, inputGradient);
         return inputGradient;
@@ -178,9 +206,19 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// <remarks>Allocates nothing when both matrices are dense.</remarks>
     public void Backward(Matrix<double> outputGradient, Matrix<double> inputGradient)
     {
-        NormalizationCache cache = CheckOutputGradient(outputGradient);
-        Guard.NotNull(inputGradient, nameof(inputGradient));
-        Guard.SameShape(inputGradient, cache.BatchSize, cache.Features, nameof(inputGradient), nameof(outputGradient));
+        NormalizationCache cache = _cache ?? throw NoForward();
+        try
+        {
+            CheckOutputGradient(cache, outputGradient);
+            Guard.NotNull(inputGradient, nameof(inputGradient));
+            Guard.SameShape(inputGradient, cache.BatchSize, cache.Features, nameof(inputGradient), nameof(outputGradient));
+        }
+        catch (ArgumentException)
+        {
+            OnStepRejected(cache);
+            throw;
+        }
+
         BackwardCore(cache, outputGradient, inputGradient);
     }
 
@@ -250,6 +288,14 @@ public abstract class NormalizationLayer : INormalizationLayer
             ? _engine.ForwardRows(x, y, next, Gamma, Beta)
             : _engine.ForwardColumns(x, y, next, Gamma, Beta, affine: null, given: false);
 
+    /// <summary>
+    /// Called when Forward (<paramref name="backwardOf"/> null) or the Backward of a cache rejects its arguments, before the
+    /// exception leaves: a synchronized layer takes part in the exchange its peers wait in.
+    /// </summary>
+    private protected virtual void OnStepRejected(NormalizationCache? backwardOf)
+    {
+    }
+
     /// <summary>Called once a Forward has succeeded and its cache is current: the place to update running statistics.</summary>
     private protected virtual void OnForwardCommitted(NormalizationCache cache)
     {
@@ -310,12 +356,12 @@ public abstract class NormalizationLayer : INormalizationLayer
         CheckRows(input);
     }
 
-    private NormalizationCache CheckOutputGradient(Matrix<double> outputGradient)
+    private static InvalidOperationException NoForward() => new("Backward needs the cache of a Forward; call Forward first.");
+
+    private static void CheckOutputGradient(NormalizationCache cache, Matrix<double> outputGradient)
     {
-        NormalizationCache cache = _cache ?? throw new InvalidOperationException("Backward needs the cache of a Forward; call Forward first.");
         Guard.NotNull(outputGradient, nameof(outputGradient));
         Guard.SameShape(outputGradient, cache.BatchSize, cache.Features, nameof(outputGradient), "the last Forward's input");
-        return cache;
     }
 
     private void ForwardCore(Matrix<double> input, Matrix<double> output)
