@@ -25,8 +25,8 @@ public static class SameRunRatios
         report.AppendLine(Invariant($"Median over {rounds} rounds of (operation time ÷ time of copying the same input), copy and operation timed back to back in each round."));
         report.AppendLine(Invariant($"{Environment.ProcessorCount} cores, .NET {Environment.Version}, Vector<double> of {System.Numerics.Vector<double>.Count}."));
         report.AppendLine();
-        report.AppendLine("| shape | threads | training forward | inference forward | closed-form backward | staged backward | training step | naive step | step time (median) |");
-        report.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        report.AppendLine("| shape | threads | training forward | inference forward | closed-form backward | staged backward | training step | naive step | step time (median) | renorm step | layer norm step | group norm step (G = 8) |");
+        report.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (string shape in ShapeNames)
         {
             foreach (int threads in new[] { 1, 2 })
@@ -47,6 +47,9 @@ public static class SameRunRatios
         var staged = new BatchNormLayer(d, backward: BackwardStrategy.Staged) { MaxDegreeOfParallelism = threads };
         var inference = new BatchNormLayer(d) { MaxDegreeOfParallelism = threads };
         var naive = new NaiveBatchNorm(d);
+        var renorm = new BatchRenormLayer(d) { MaxDegreeOfParallelism = threads, RMax = 3, DMax = 5 };
+        var layerNorm = new LayerNormLayer(d) { MaxDegreeOfParallelism = threads };
+        var groupNorm = new GroupNormLayer(d, 8) { MaxDegreeOfParallelism = threads };
         inference.Forward(x, y);
         inference.IsTraining = false;
         staged.Forward(x, y);
@@ -97,7 +100,28 @@ public static class SameRunRatios
                 naive.Backward(dy);
             },
             Math.Max(11, rounds / 10));
-        return Invariant($"| {shape} | {threads} | {forward.Ratio:F2} | {inferenceForward.Ratio:F2} | {backward.Ratio:F2} | {stagedBackward.Ratio:F1} | **{step.Ratio:F2}** | {naiveStep.Ratio:F0} | {step.Micros:F0} µs |");
+        var renormStep = Measure(
+            () =>
+            {
+                renorm.Forward(x, y);
+                renorm.Backward(dy, dx);
+            },
+            rounds);
+        var layerNormStep = Measure(
+            () =>
+            {
+                layerNorm.Forward(x, y);
+                layerNorm.Backward(dy, dx);
+            },
+            rounds);
+        var groupNormStep = Measure(
+            () =>
+            {
+                groupNorm.Forward(x, y);
+                groupNorm.Backward(dy, dx);
+            },
+            rounds);
+        return Invariant($"| {shape} | {threads} | {forward.Ratio:F2} | {inferenceForward.Ratio:F2} | {backward.Ratio:F2} | {stagedBackward.Ratio:F1} | **{step.Ratio:F2}** | {naiveStep.Ratio:F0} | {step.Micros:F0} µs | {renormStep.Ratio:F2} | {layerNormStep.Ratio:F2} | {groupNormStep.Ratio:F2} |");
     }
 
     private static string Invariant(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);

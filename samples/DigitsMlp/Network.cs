@@ -66,21 +66,30 @@ public sealed class Linear
 }
 
 /// <summary>
-/// Linear → [BatchNorm] → ReLU → Linear → [BatchNorm] → ReLU → Linear, trained with softmax cross-entropy
-/// and plain mini-batch SGD. With <c>batchNorm</c> false the same network runs without the two BatchNorm layers.
+/// Linear → [normalization] → ReLU → Linear → [normalization] → ReLU → Linear, trained with softmax cross-entropy
+/// and plain mini-batch SGD. The two normalization slots hold any <see cref="INormalizationLayer"/>, or nothing.
 /// </summary>
 public sealed class Network
 {
     private readonly Linear[] _linear;
-    private readonly BatchNormLayer?[] _norms;
+    private readonly INormalizationLayer?[] _norms;
     private readonly Matrix<double>?[] _reluMasks = new Matrix<double>?[2];
 
-    /// <summary>Creates the network.</summary>
+    /// <summary>Creates the network with batch norm in both slots, or none.</summary>
     /// <param name="hidden">The widths of the two hidden layers.</param>
     /// <param name="batchNorm">Whether to insert the BatchNorm layers.</param>
     /// <param name="strategy">The backward strategy of the BatchNorm layers.</param>
     /// <param name="seed">The seed of the initial weights.</param>
     public Network((int First, int Second) hidden, bool batchNorm, BackwardStrategy strategy, int seed)
+        : this(hidden, batchNorm ? features => new BatchNormLayer(features, backward: strategy) : null, seed)
+    {
+    }
+
+    /// <summary>Creates the network with whatever normalization <paramref name="normalization"/> makes for each slot.</summary>
+    /// <param name="hidden">The widths of the two hidden layers.</param>
+    /// <param name="normalization">Makes the layer for a slot of the given width; null for a network without normalization.</param>
+    /// <param name="seed">The seed of the initial weights.</param>
+    public Network((int First, int Second) hidden, Func<int, INormalizationLayer>? normalization, int seed)
     {
         var random = new Random(seed);
         _linear =
@@ -89,16 +98,14 @@ public sealed class Network
             new Linear(hidden.First, hidden.Second, random),
             new Linear(hidden.Second, DigitsData.Classes, random),
         ];
-        _norms = batchNorm
-            ? [new BatchNormLayer(hidden.First, backward: strategy), new BatchNormLayer(hidden.Second, backward: strategy)]
-            : [null, null];
+        _norms = [normalization?.Invoke(hidden.First), normalization?.Invoke(hidden.Second)];
     }
 
-    /// <summary>Switches the BatchNorm layers between batch statistics (training) and running statistics.</summary>
+    /// <summary>Switches the normalization layers between training and inference.</summary>
     /// <param name="training">True while training.</param>
     public void SetTraining(bool training)
     {
-        foreach (BatchNormLayer? norm in _norms)
+        foreach (INormalizationLayer? norm in _norms)
         {
             norm?.IsTraining = training;
         }
@@ -152,12 +159,11 @@ public sealed class Network
             layer.Bias.Subtract(layer.BiasGradient * rate, layer.Bias);
         }
 
-        foreach (BatchNormLayer? norm in _norms)
+        foreach (INormalizationLayer? norm in _norms)
         {
-            if (norm is not null)
+            foreach (LayerParameter p in norm?.Parameters ?? [])
             {
-                norm.Gamma.Subtract(norm.GammaGradient * rate, norm.Gamma);
-                norm.Beta.Subtract(norm.BetaGradient * rate, norm.Beta);
+                p.Value.Subtract(p.Gradient * rate, p.Value);
             }
         }
     }

@@ -32,6 +32,31 @@ public class TrainingTests
     }
 
     [Fact]
+    public void The_network_takes_any_normalization_in_its_slots()
+    {
+        DigitsData data = DigitsData.Load(DigitsData.DefaultPath);
+        int[] rows = Enumerable.Range(0, 64).ToArray();
+        var x = data.Features(rows);
+        int[] labels = data.LabelsOf(rows);
+        foreach (System.Func<int, INormalizationLayer> make in new System.Func<int, INormalizationLayer>[]
+        {
+            f => new BatchNormLayer(f), f => new LayerNormLayer(f), f => new GroupNormLayer(f, 4), f => new BatchRenormLayer(f),
+        })
+        {
+            var network = new Network((32, 16), make, seed: 5);
+            double first = Network.SoftmaxCrossEntropy(network.Forward(x), labels).Loss, last = first;
+            for (int step = 0; step < 60; step++)
+            {
+                (last, var gradient, _) = Network.SoftmaxCrossEntropy(network.Forward(x), labels);
+                network.Backward(gradient);
+                network.Step(0.1);
+            }
+
+            Assert.True(last < first / 4, $"{make(4).GetType().Name}: loss went from {first} to {last}");
+        }
+    }
+
+    [Fact]
     public void Softmax_cross_entropy_matches_its_definition()
     {
         var logits = MathNet.Numerics.LinearAlgebra.Matrix<double>.Build.DenseOfArray(new[,] { { 1.0, 2, 3, 0, 0, 0, 0, 0, 0, 0 } });

@@ -242,9 +242,11 @@ public static class GradientCheck
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="relativeStep"/> is not positive and finite.</exception>
     /// <exception cref="ArgumentException">A shape does not fit the layer, as Forward and Backward would report.</exception>
     /// <remarks>
-    /// Calls Forward four times per element of x and of the parameters, then once more and Backward once for the analytic
-    /// gradients, which the layer's cache and gradients hold afterwards. The mode, every probed value and, for the
-    /// library's layers, the running statistics and batch count are restored, whatever happens.
+    /// <para>Calls Forward four times per element of x and of the parameters, then once more and Backward once for the
+    /// analytic gradients, which the layer's cache and gradients hold afterwards. The mode, every probed value and, for the
+    /// library's layers, the running statistics and batch count are restored, whatever happens.</para>
+    /// <para>Batch renormalization's Backward holds r and d constant, as Ioffe prescribes; in training that is the true
+    /// gradient only where r and d are clipped at their limits, so check it there (or with rmax = 1 and dmax = 0).</para>
     /// </remarks>
     public static GradientCheckResult Check(INormalizationLayer layer, Matrix<double> input, Matrix<double> outputGradient, double relativeStep = 1e-3)
     {
@@ -256,15 +258,21 @@ public static class GradientCheck
         RunningState? running = layer is RunningStatisticsLayer r ? new RunningState(r) : null;
         try
         {
+            // Every probe starts from the running statistics as they were: a training Forward updates them, and a layer
+            // may read them in training (batch renormalization does).
+            Matrix<double> Forward(Matrix<double> x)
+            {
+                running?.Restore();
+                return layer.Forward(x);
+            }
+
             Matrix<double> probe = input.Clone();
             Matrix<double> steps = InputSteps(layer, probe, relativeStep);
-            running?.Restore();
-            Matrix<double> numericalInput = EachElement(probe, (get, set, row, column) => FourthOrderDifference(() => layer.Forward(probe), get, set, steps[row, column], outputGradient));
+            Matrix<double> numericalInput = EachElement(probe, (get, set, row, column) => FourthOrderDifference(() => Forward(probe), get, set, steps[row, column], outputGradient));
             Vector<double>[] numericalParameters = layer.Parameters
-                .Select(p => EachElement(p.Value, (get, set) => FourthOrderDifference(() => layer.Forward(input), get, set, relativeStep * Math.Max(1, Math.Abs(get())), outputGradient)))
+                .Select(p => EachElement(p.Value, (get, set) => FourthOrderDifference(() => Forward(input), get, set, relativeStep * Math.Max(1, Math.Abs(get())), outputGradient)))
                 .ToArray();
-            running?.Restore();
-            layer.Forward(input);
+            Forward(input);
             Matrix<double> analyticInput = layer.Backward(outputGradient);
             return new GradientCheckResult(
                 RelativeError(analyticInput, numericalInput, DefaultRelativeFloor),

@@ -153,6 +153,28 @@ public sealed class BatchNormLayer : RunningStatisticsLayer
         }
     }
 
+    internal override void WriteStateFields(LayerState.Writer writer)
+    {
+        base.WriteStateFields(writer);
+        writer.NullableNumber("virtualBatchSize", _virtualBatchSize);
+    }
+
+    internal override Action? ReadStateFields(LayerState state)
+    {
+        Action? applyRunningStatistics = base.ReadStateFields(state);
+        int? virtualBatchSize = state.OptionalInteger("virtualBatchSize", minimum: 2);
+        if (virtualBatchSize is not null && _synchronizer is not null)
+        {
+            throw new FormatException("The saved state uses ghost batches ('virtualBatchSize'), which do not combine with this layer's StatisticsExchange.");
+        }
+
+        return () =>
+        {
+            applyRunningStatistics?.Invoke();
+            _virtualBatchSize = virtualBatchSize;
+        };
+    }
+
     private protected override int Differentiate(NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient)
     {
         if (!cache.Synchronized)

@@ -176,6 +176,19 @@ internal sealed class LayerState
             ? value
             : throw new FormatException($"'{name}' must be a positive integer.");
 
+    /// <summary>Reads an integer field that may be null or absent (null then), and otherwise is at least <paramref name="minimum"/>.</summary>
+    public int? OptionalInteger(string name, int minimum)
+    {
+        if (!_root.TryGetProperty(name, out JsonElement element) || element.ValueKind == JsonValueKind.Null)
+        {
+            return null;
+        }
+
+        return element.ValueKind == JsonValueKind.Number && element.TryGetInt32(out int value) && value >= minimum
+            ? value
+            : throw new FormatException(string.Create(CultureInfo.InvariantCulture, $"'{name}' must be null or an integer of at least {minimum}, not {element.GetRawText()}."));
+    }
+
     /// <summary>Reads a non-negative integer field.</summary>
     public long Count(string name)
         => Required(_root, name, JsonValueKind.Number).TryGetInt64(out long value) && value >= 0
