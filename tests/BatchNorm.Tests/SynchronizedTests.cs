@@ -118,6 +118,32 @@ public class SynchronizedTests
     }
 
     [Fact]
+    public void A_worker_with_no_rows_takes_part_and_the_others_get_the_whole_batch()
+    {
+        (Matrix<double> x, Matrix<double> dy) = ContractTests.Batch(8, 3, seed: 2);
+        var whole = new BatchNormLayer(3);
+        Matrix<double> y = whole.Forward(x), dx = whole.Backward(dy);
+        int[] bounds = [0, 0, 5, 8];
+        using Workers workers = new(3, r => new BatchNormLayer(3));
+        (Matrix<double> Y, Matrix<double> Dx)[] results = workers.Each<(Matrix<double> Y, Matrix<double> Dx)>(r => (layer, rows) =>
+        {
+            Matrix<double> yr = layer.Forward(rows(x));
+            return (yr, layer.Backward(rows(dy)));
+        }, bounds);
+
+        Assert.Equal(0, results[0].Y.RowCount);
+        Assert.Equal(0, results[0].Dx.RowCount);
+        AssertClose(y, Stack(results.Select(t => t.Y)));
+        AssertClose(dx, Stack(results.Select(t => t.Dx)));
+        Assert.All(workers.Layers, l => Assert.Equal(whole.RunningVariance, l.RunningVariance));
+        Assert.All(workers.Layers, l => AssertClose(whole.GammaGradient.ToColumnMatrix(), l.GammaGradient.ToColumnMatrix()));
+
+        // A strategy run on its own cannot stand in for the exchange of a synchronized Backward.
+        Assert.Throws<InvalidOperationException>(() => BackwardStrategy.ClosedForm.Backward(
+            workers.Layers[1].Cache!, workers.Layers[1].Gamma, results[1].Dx, results[1].Dx.Clone(), workers.Layers[1].Gamma.Clone(), workers.Layers[1].Gamma.Clone()));
+    }
+
+    [Fact]
     public void A_bad_batch_on_one_worker_is_rejected_by_every_worker_and_changes_nothing()
     {
         using Workers workers = new(3, r => new BatchNormLayer(2));

@@ -85,6 +85,7 @@ public abstract class BackwardStrategy
     /// <param name="betaGradient">Receives dL/dβ = Σᵢ dyᵢ per feature.</param>
     /// <exception cref="ArgumentNullException">Any argument is null.</exception>
     /// <exception cref="ArgumentException">A shape differs from the cache's N×D.</exception>
+    /// <exception cref="InvalidOperationException">The cache is of a synchronized Forward, whose Backward must exchange its sums: call the layer's Backward.</exception>
     /// <remarks>Allocates a little scratch, and a dense copy of any argument that is not dense; a layer's own Backward allocates nothing.</remarks>
     public void Backward(
         NormalizationCache cache,
@@ -106,6 +107,10 @@ public abstract class BackwardStrategy
         Guard.Length(gamma, features, nameof(gamma));
         Guard.Length(gammaGradient, features, nameof(gammaGradient));
         Guard.Length(betaGradient, features, nameof(betaGradient));
+        if (cache.Synchronized)
+        {
+            throw new InvalidOperationException("This cache is of a Forward synchronized across workers, whose Backward must add up every worker's sums; call the layer's Backward.");
+        }
 
         Matrix<double>? dyScratch = null, dxScratch = null;
         Matrix<double> dy = DenseColumns.AsDense(outputGradient, ref dyScratch);

@@ -73,6 +73,8 @@ public sealed class BatchRenormLayer : RunningStatisticsLayer, ISegmentAffine
 
     private protected override ISegmentAffine TrainingAffine => this;
 
+    private protected override string Describe() => string.Create(System.Globalization.CultureInfo.InvariantCulture, $", rmax: {_rMax}, dmax: {_dMax}");
+
     /// <summary>r and d from the batch statistics and the running ones (not yet updated); y = γ·r·x̂ + (γ·d + β).</summary>
     void ISegmentAffine.Affine(int feature, double mean, double variance, ref double scale, ref double shift)
     {

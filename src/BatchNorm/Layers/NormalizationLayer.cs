@@ -23,6 +23,9 @@ namespace BatchNorm;
 /// </remarks>
 public abstract class NormalizationLayer : INormalizationLayer
 {
+    /// <summary>The version <see cref="ExportState"/> writes and the only one <see cref="ImportState"/> reads.</summary>
+    public const int StateFormatVersion = LayerState.FormatVersion;
+
     private readonly NormalizationEngine _engine;
     private readonly double[] _scale, _scaleGradient, _shiftGradient;
     private BackwardStrategy _backwardStrategy;
