@@ -12,12 +12,7 @@ public class SynchronizedTests
 {
     public static TheoryData<string> Strategies => new() { "staged", "closed", "textbook" };
 
-    private static BackwardStrategy Strategy(string name) => name switch
-    {
-        "staged" => BackwardStrategy.Staged,
-        "closed" => BackwardStrategy.ClosedForm,
-        _ => new TextbookBackward(),
-    };
+    private static BackwardStrategy Strategy(string name) => ContractTests.Strategy(name);
 
     [Theory]
     [MemberData(nameof(Strategies))]
