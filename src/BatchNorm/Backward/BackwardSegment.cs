@@ -20,7 +20,7 @@ public readonly ref struct BackwardSegment
     /// <param name="outputGradient">dL/dy of this part of the segment.</param>
     /// <param name="normalizedInput">x̂ of the same values.</param>
     /// <param name="gamma">The γ that scaled x̂ in the forward pass.</param>
-    /// <param name="inverseStandardDeviation">1/√(σ² + ε), positive and finite.</param>
+    /// <param name="variance">σ², the variance the values were normalized with; finite and at least 0.</param>
     /// <param name="epsilon">ε, positive and finite.</param>
     /// <param name="frozenStatistics">Whether μ and σ² were constants (running statistics) rather than computed from the values.</param>
     /// <param name="count">The number of values normalized together; the length of the spans when null.</param>
@@ -31,7 +31,7 @@ public readonly ref struct BackwardSegment
         ReadOnlySpan<double> outputGradient,
         ReadOnlySpan<double> normalizedInput,
         double gamma,
-        double inverseStandardDeviation,
+        double variance,
         double epsilon,
         bool frozenStatistics = false,
         int? count = null,
@@ -39,9 +39,9 @@ public readonly ref struct BackwardSegment
     {
         Guard.Length(normalizedInput.Length, outputGradient.Length, nameof(normalizedInput), "the output gradient of the segment");
         Guard.Epsilon(epsilon);
-        if (!(inverseStandardDeviation > 0) || double.IsInfinity(inverseStandardDeviation))
+        if (!(variance >= 0) || double.IsInfinity(variance))
         {
-            throw new ArgumentOutOfRangeException(nameof(inverseStandardDeviation), inverseStandardDeviation, "1/√(σ² + ε) must be positive and finite.");
+            throw new ArgumentOutOfRangeException(nameof(variance), variance, "σ² must be finite and at least 0.");
         }
 
         int total = count ?? outputGradient.Length;
@@ -52,16 +52,18 @@ public readonly ref struct BackwardSegment
                 nameof(count));
         }
 
-        this = new BackwardSegment(outputGradient, normalizedInput, gamma, inverseStandardDeviation, epsilon, frozenStatistics, total, offset, stream: false);
+        this = new BackwardSegment(
+            outputGradient, normalizedInput, gamma, variance, ElementFormulas.InverseStandardDeviation(variance, epsilon), epsilon, frozenStatistics, total, offset, stream: false);
     }
 
-    /// <summary>The engine's constructor: the arguments are known to fit.</summary>
+    /// <summary>The engine's constructor: the arguments are known to fit, and 1/√(σ² + ε) is the one the Forward used.</summary>
     internal BackwardSegment(
-        ReadOnlySpan<double> outputGradient, ReadOnlySpan<double> normalizedInput, double gamma, double inverseStandardDeviation, double epsilon, bool frozenStatistics, int count, int offset, bool stream)
+        ReadOnlySpan<double> outputGradient, ReadOnlySpan<double> normalizedInput, double gamma, double variance, double inverseStandardDeviation, double epsilon, bool frozenStatistics, int count, int offset, bool stream)
     {
         OutputGradient = outputGradient;
         NormalizedInput = normalizedInput;
         Gamma = gamma;
+        Variance = variance;
         InverseStandardDeviation = inverseStandardDeviation;
         Epsilon = epsilon;
         FrozenStatistics = frozenStatistics;
@@ -79,7 +81,10 @@ public readonly ref struct BackwardSegment
     /// <summary>Gets γ, so that the gradient at x̂ is γ·dy.</summary>
     public double Gamma { get; }
 
-    /// <summary>Gets 1/√(σ² + ε).</summary>
+    /// <summary>Gets σ², the variance the values were normalized with: the batch's, or the running one with frozen statistics.</summary>
+    public double Variance { get; }
+
+    /// <summary>Gets 1/√(σ² + ε), as the Forward computed it.</summary>
     public double InverseStandardDeviation { get; }
 
     /// <summary>Gets ε.</summary>

@@ -84,8 +84,9 @@ public abstract class BackwardStrategy
     /// <param name="gammaGradient">Receives dL/dγ = Σᵢ dyᵢ·x̂ᵢ per feature.</param>
     /// <param name="betaGradient">Receives dL/dβ = Σᵢ dyᵢ per feature.</param>
     /// <exception cref="ArgumentNullException">Any argument is null.</exception>
-    /// <exception cref="ArgumentException">A shape differs from the cache's N×D.</exception>
-    /// <exception cref="InvalidOperationException">The cache is of a synchronized Forward, whose Backward must exchange its sums: call the layer's Backward.</exception>
+    /// <exception cref="ArgumentException">A shape differs from the cache's N×D, or a column of dy is not finite, or dx overflows (the message names the column).</exception>
+    /// <exception cref="InvalidOperationException">The cache is of a synchronized Forward, whose Backward must exchange its sums
+    /// (call the layer's Backward), or its x̂ is not finite.</exception>
     /// <remarks>Allocates a little scratch, and a dense copy of any argument that is not dense; a layer's own Backward allocates nothing.</remarks>
     public void Backward(
         NormalizationCache cache,
@@ -117,7 +118,11 @@ public abstract class BackwardStrategy
         Matrix<double> dx = DenseColumns.DenseTarget(inputGradient, ref dxScratch);
         double[] dGamma = new double[features], dBeta = new double[features];
         var engine = new NormalizationEngine(new ColumnRunner { MaxDegreeOfParallelism = 1 });
-        engine.Backward(this, cache, gamma.ToArray(), dy, dx, dGamma, dBeta);
+        if (engine.Backward(this, cache, gamma.ToArray(), dy, dx, dGamma, dBeta) is { Failed: true } fault)
+        {
+            throw fault.BackwardException(nameof(outputGradient), this);
+        }
+
         DenseColumns.CopyBack(dx, inputGradient);
         for (int j = 0; j < features; j++)
         {
@@ -148,15 +153,26 @@ public abstract class BackwardStrategy
     /// <summary>The engine's entry to <see cref="SegmentSumsCore"/>, whose arguments it has sized itself.</summary>
     internal void SumsUnchecked(in BackwardSegment segment, Span<double> sums, Span<double> inputGradient) => SegmentSumsCore(segment, sums, inputGradient);
 
-    /// <summary>The engine's entry to <see cref="SegmentInputGradientCore"/>.</summary>
-    internal void InputGradientUnchecked(in BackwardSegment segment, ReadOnlySpan<double> sums, Span<double> inputGradient) => SegmentInputGradientCore(segment, sums, inputGradient);
+    /// <summary>
+    /// The engine's entry to <see cref="SegmentInputGradientCore"/>: it also tells whether every dx came out finite, which a
+    /// strategy may know from its own kernels; by default the engine checks dx once written.
+    /// </summary>
+    internal virtual bool InputGradientFinite(in BackwardSegment segment, ReadOnlySpan<double> sums, Span<double> inputGradient)
+    {
+        SegmentInputGradientCore(segment, sums, inputGradient);
+        return ColumnKernels.AllFinite(inputGradient);
+    }
 
     /// <summary>
     /// The backward pass of every row group of a cache at once, for row layouts (layer and group norm), where a segment is
     /// strided in storage. A strategy that has a vectorized way to do this returns true; otherwise the engine gathers each
     /// segment into contiguous scratch and calls the two cores.
     /// </summary>
-    internal virtual bool TryBackwardRowGroups(NormalizationCache cache, ReadOnlySpan<double> gamma, Matrix<double> dy, Matrix<double> dx, LaneScratch scratch) => false;
+    internal virtual bool TryBackwardRowGroups(NormalizationCache cache, ReadOnlySpan<double> gamma, Matrix<double> dy, Matrix<double> dx, LaneScratch scratch, out bool finite)
+    {
+        finite = true;
+        return false;
+    }
 
     /// <summary>Returns <see cref="Name"/>.</summary>
     /// <returns>The strategy's name.</returns>

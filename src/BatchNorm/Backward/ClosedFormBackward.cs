@@ -17,8 +17,8 @@ namespace BatchNorm;
 /// <para>
 /// With two values x̂ = ±√(1 − δ), δ = ε/(σ² + ε), and the bracket reduces to (1 − x̂²)·(dy₁ − dy₂)/2 = δ·(dy₁ − dy₂)/2.
 /// Evaluating 1 − x̂² would cancel about log₁₀(1/δ) digits, so two-value segments use dx₁ = −dx₂ = γ·istd·δ·(dy₁ − dy₂)/2
-/// with δ = ε·istd², which keeps full precision. For that the third sum is dy₁ − dy₂, the values signed by their place in
-/// the segment, so that it adds up across workers that hold one value each.
+/// = γ·ε·(σ² + ε)^(−3/2)·(dy₁ − dy₂)/2, which keeps full precision. For that the third sum is dy₁ − dy₂, the values signed
+/// by their place in the segment, so that it adds up across workers that hold one value each.
 /// </para>
 /// </remarks>
 internal sealed class ClosedFormBackward : BackwardStrategy
@@ -47,30 +47,36 @@ internal sealed class ClosedFormBackward : BackwardStrategy
     }
 
     protected override void SegmentInputGradientCore(in BackwardSegment segment, ReadOnlySpan<double> sums, Span<double> inputGradient)
+        => InputGradientFinite(segment, sums, inputGradient);
+
+    /// <summary>The input gradient, and whether it is finite, which the kernels check as they write.</summary>
+    internal override bool InputGradientFinite(in BackwardSegment segment, ReadOnlySpan<double> sums, Span<double> inputGradient)
     {
         double scale = segment.Gamma * segment.InverseStandardDeviation;
         if (segment.FrozenStatistics)
         {
-            ColumnKernels.Scale(segment.OutputGradient, scale, inputGradient, segment.Stream);
+            return ColumnKernels.Scale(segment.OutputGradient, scale, inputGradient, segment.Stream);
         }
-        else if (IsTwoValues(segment))
+
+        if (IsTwoValues(segment))
         {
-            double first = TwoValueGradient(scale, segment.Epsilon, segment.InverseStandardDeviation, sums[2]);
+            double first = TwoValueGradient(segment.Gamma, segment.Variance, segment.Epsilon, sums[2]);
             for (int i = 0; i < inputGradient.Length; i++)
             {
                 inputGradient[i] = segment.Offset + i == 0 ? first : -first;
             }
+
+            return double.IsFinite(first);
         }
-        else
-        {
-            int n = segment.Count;
-            ColumnKernels.ClosedFormInputGradient(segment.OutputGradient, segment.NormalizedInput, sums[1] / n, sums[0] / n, scale, inputGradient, segment.Stream);
-        }
+
+        int n = segment.Count;
+        return ColumnKernels.ClosedFormInputGradient(segment.OutputGradient, segment.NormalizedInput, sums[1] / n, sums[0] / n, scale, inputGradient, segment.Stream);
     }
 
     /// <summary>Every row group at once, each row a SIMD lane: the same formulas with g = γ·dy per feature in place of dy.</summary>
-    internal override bool TryBackwardRowGroups(NormalizationCache cache, ReadOnlySpan<double> gamma, Matrix<double> dy, Matrix<double> dx, LaneScratch scratch)
+    internal override bool TryBackwardRowGroups(NormalizationCache cache, ReadOnlySpan<double> gamma, Matrix<double> dy, Matrix<double> dx, LaneScratch scratch, out bool finite)
     {
+        finite = true;
         int n = cache.BatchSize, size = cache.SegmentColumns;
         ReadOnlySpan<double> dyData = DenseColumns.Data(dy), xHat = cache.NormalizedInput;
         Span<double> dxData = DenseColumns.Data(dx);
@@ -78,15 +84,16 @@ internal sealed class ClosedFormBackward : BackwardStrategy
         for (int g = 0; g < cache.ColumnBlocks; g++)
         {
             int first = g * size;
-            ReadOnlySpan<double> inverseStd = cache.InverseStandardDeviation.Slice(g * n, n);
+            ReadOnlySpan<double> inverseStd = cache.InverseStandardDeviation.Slice(g * n, n), variance = cache.Variance.Slice(g * n, n);
             if (size == 2)
             {
                 for (int i = 0; i < n; i++)
                 {
                     double difference = (gamma[first] * dyData[(first * n) + i]) - (gamma[first + 1] * dyData[((first + 1) * n) + i]);
-                    double value = TwoValueGradient(inverseStd[i], cache.Epsilon, inverseStd[i], difference);
+                    double value = TwoValueGradient(1, variance[i], cache.Epsilon, difference);
                     dxData[(first * n) + i] = value;
                     dxData[((first + 1) * n) + i] = -value;
+                    finite &= double.IsFinite(value);
                 }
 
                 continue;
@@ -99,7 +106,7 @@ internal sealed class ClosedFormBackward : BackwardStrategy
                 meanGXHat[i] /= size;
             }
 
-            LaneKernels.ClosedFormInputGradient(dyData, xHat, n, first, size, gamma, meanG, meanGXHat, inverseStd, dxData);
+            finite &= LaneKernels.ClosedFormInputGradient(dyData, xHat, n, first, size, gamma, meanG, meanGXHat, inverseStd, dxData);
         }
 
         return true;
@@ -107,7 +114,13 @@ internal sealed class ClosedFormBackward : BackwardStrategy
 
     private static bool IsTwoValues(in BackwardSegment segment) => segment.Count == 2 && !segment.FrozenStatistics;
 
-    /// <summary>dx₁ = γ·istd·δ·(dy₁ − dy₂)/2 with δ = ε·istd², the two-value gradient without cancellation.</summary>
-    private static double TwoValueGradient(double scale, double epsilon, double inverseStd, double difference)
-        => scale * (epsilon * inverseStd * inverseStd) * (difference / 2);
+    /// <summary>
+    /// dx₁ = γ·ε·(σ² + ε)^(−3/2)·(dy₁ − dy₂)/2, the two-value gradient without cancellation, with (σ² + ε)^(−3/2) formed as
+    /// 1/(s·√s) from s = σ² + ε rather than as a cube of 1/√s, which would triple that factor's rounding error.
+    /// </summary>
+    private static double TwoValueGradient(double gamma, double variance, double epsilon, double difference)
+    {
+        double s = variance + epsilon;
+        return gamma * (epsilon / (s * Math.Sqrt(s))) * (difference / 2);
+    }
 }

@@ -244,7 +244,8 @@ public static class GradientCheck
     /// <remarks>
     /// <para>Calls Forward four times per element of x and of the parameters, then once more and Backward once for the
     /// analytic gradients, which the layer's cache and gradients hold afterwards. The mode, every probed value and, for the
-    /// library's layers, the running statistics and batch count are restored, whatever happens.</para>
+    /// library's layers, the running statistics and batch count are restored, whatever happens; a layer of your own is
+    /// restored through its <see cref="INormalizationLayer.ExportState"/> and <see cref="INormalizationLayer.ImportState"/>.</para>
     /// <para>Batch renormalization's Backward holds r and d constant, as Ioffe prescribes; in training that is the true
     /// gradient only where r and d are clipped at their limits, so check it there (or with rmax = 1 and dmax = 0).</para>
     /// </remarks>
@@ -255,14 +256,14 @@ public static class GradientCheck
         Guard.NotNull(outputGradient, nameof(outputGradient));
         CheckStep(relativeStep, nameof(relativeStep));
         bool training = layer.IsTraining;
-        RunningState? running = layer is RunningStatisticsLayer r ? new RunningState(r) : null;
+        SavedState running = SavedState.Of(layer);
         try
         {
             // Every probe starts from the running statistics as they were: a training Forward updates them, and a layer
             // may read them in training (batch renormalization does).
             Matrix<double> Forward(Matrix<double> x)
             {
-                running?.Restore();
+                running.RestoreRunningStatistics();
                 return layer.Forward(x);
             }
 
@@ -272,6 +273,7 @@ public static class GradientCheck
             Vector<double>[] numericalParameters = layer.Parameters
                 .Select(p => EachElement(p.Value, (get, set) => FourthOrderDifference(() => Forward(input), get, set, relativeStep * Math.Max(1, Math.Abs(get())), outputGradient)))
                 .ToArray();
+            running.Restore();
             Forward(input);
             Matrix<double> analyticInput = layer.Backward(outputGradient);
             return new GradientCheckResult(
@@ -281,7 +283,7 @@ public static class GradientCheck
         finally
         {
             layer.IsTraining = training;
-            running?.Restore();
+            running.Restore();
         }
     }
 
@@ -311,15 +313,14 @@ public static class GradientCheck
 
     private static double CentralDifference(Func<double> f, Func<double> get, Action<double> set, double step)
     {
-        // x ± h are rounded to doubles; divide by the distance between the points actually probed.
-        double old = get(), up = old + step, down = old - step;
+        double old = get(), offset = Offset(old, step);
         try
         {
-            set(up);
+            set(old + offset);
             double plus = f();
-            set(down);
+            set(old - offset);
             double minus = f();
-            return (plus - minus) / (up - down);
+            return (plus - minus) / (2 * offset);
         }
         finally
         {
@@ -329,10 +330,10 @@ public static class GradientCheck
 
     private static double CentralDifference(Func<Matrix<double>> f, Func<double> get, Action<double> set, double step, Matrix<double> outputGradient)
     {
-        double old = get(), up = old + step, down = old - step;
+        double old = get(), offset = Offset(old, step);
         try
         {
-            return ProbeDifference(f, set, up, down, outputGradient) / (up - down);
+            return ProbeDifference(f, set, old + offset, old - offset, outputGradient) / (2 * offset);
         }
         finally
         {
@@ -343,23 +344,34 @@ public static class GradientCheck
     /// <summary>
     /// The fourth-order central difference: with D(h) = (f(x+h) − f(x−h))/(2h), Richardson's (4·D(h) − D(2h))/3, whose
     /// truncation error is O(h⁴) rather than O(h²), so elements of the gradient far smaller than their neighbours stay
-    /// accurate. x ± h and x ± 2h are rounded to doubles, so each quotient divides by the distance actually moved, and
-    /// the extrapolation weighs the two by those distances: (D₁·d₂² − D₂·d₁²)/(d₂² − d₁²).
+    /// accurate. Each step is the offset actually representable at x (see <see cref="Offset"/>), so the two steps need
+    /// not be in the ratio 2 exactly, and the extrapolation weighs them by what they are: (D₁·h₂² − D₂·h₁²)/(h₂² − h₁²).
     /// </summary>
     private static double FourthOrderDifference(Func<Matrix<double>> f, Func<double> get, Action<double> set, double step, Matrix<double> outputGradient)
     {
-        double old = get(), nearUp = old + step, nearDown = old - step, farUp = old + (2 * step), farDown = old - (2 * step);
+        double old = get(), near = Offset(old, step), far = Offset(old, 2 * step);
         try
         {
-            double near = ProbeDifference(f, set, nearUp, nearDown, outputGradient) / (nearUp - nearDown);
-            double far = ProbeDifference(f, set, farUp, farDown, outputGradient) / (farUp - farDown);
-            double nearDistance = nearUp - nearDown, farDistance = farUp - farDown;
-            return ((near * farDistance * farDistance) - (far * nearDistance * nearDistance)) / ((farDistance * farDistance) - (nearDistance * nearDistance));
+            double nearQuotient = ProbeDifference(f, set, old + near, old - near, outputGradient) / (2 * near);
+            double farQuotient = ProbeDifference(f, set, old + far, old - far, outputGradient) / (2 * far);
+            return ((nearQuotient * far * far) - (farQuotient * near * near)) / ((far * far) - (near * near));
         }
         finally
         {
             set(old);
         }
+    }
+
+    /// <summary>
+    /// The step actually taken at x: (x + h) − x as represented, which is exact, so that x + offset and x − offset are
+    /// both representable and lie symmetrically around x, and the quotient divides by the distance actually moved; at
+    /// least one unit in the last place of x. Far from zero, x ± h rounds: at x = 1e12 the doubles are 1.2e-4 apart, so
+    /// a nominal step of 1e-3 would be off by up to 6%, and asymmetric.
+    /// </summary>
+    private static double Offset(double x, double step)
+    {
+        double offset = (x + step) - x;
+        return offset > 0 ? offset : Math.BitIncrement(Math.Abs(x)) - Math.Abs(x);
     }
 
     /// <summary>Σₖ dyₖ·(f at up − f at down)ₖ, element by element so that unchanged outputs cancel exactly.</summary>
@@ -432,17 +444,47 @@ public static class GradientCheck
         }
     }
 
-    /// <summary>The running statistics and batch count of a layer, to put back after probing.</summary>
-    private sealed class RunningState(RunningStatisticsLayer layer)
+    /// <summary>
+    /// What a check puts back. For the library's layers with running statistics: the running statistics and the batch
+    /// count, cheaply, before every probe (a training Forward moves them, and renorm reads them) and at the end, keeping
+    /// the cache. For a layer of your own: its saved state, through the contract, before the analytic step and at the end.
+    /// </summary>
+    private sealed class SavedState
     {
-        private readonly Vector<double> _mean = layer.RunningMean.Clone(), _variance = layer.RunningVariance.Clone();
-        private readonly long _batches = layer.BatchesTracked;
+        private readonly RunningStatisticsLayer? _running;
+        private readonly Vector<double>? _mean, _variance;
+        private readonly long _batches;
+        private readonly INormalizationLayer? _foreign;
+        private readonly string? _json;
+
+        private SavedState(INormalizationLayer layer)
+        {
+            if (layer is RunningStatisticsLayer running)
+            {
+                (_running, _mean, _variance, _batches) = (running, running.RunningMean.Clone(), running.RunningVariance.Clone(), running.BatchesTracked);
+            }
+            else if (layer is not NormalizationLayer)
+            {
+                (_foreign, _json) = (layer, layer.ExportState());
+            }
+        }
+
+        public static SavedState Of(INormalizationLayer layer) => new(layer);
+
+        public void RestoreRunningStatistics()
+        {
+            if (_running is not null)
+            {
+                _mean!.CopyTo(_running.RunningMean);
+                _variance!.CopyTo(_running.RunningVariance);
+                _running.RestoreBatchesTracked(_batches);
+            }
+        }
 
         public void Restore()
         {
-            _mean.CopyTo(layer.RunningMean);
-            _variance.CopyTo(layer.RunningVariance);
-            layer.RestoreBatchesTracked(_batches);
+            RestoreRunningStatistics();
+            _foreign?.ImportState(_json!);
         }
     }
 }

@@ -178,7 +178,23 @@ internal sealed class StatisticsSynchronizer(IStatisticsExchange exchange)
                 string.Create(CultureInfo.InvariantCulture, $"The statistics exchange {Exchange.GetType().Name} reports worker count {workers} and rank {rank}; it needs at least 1 worker and a rank in [0, count)."));
         }
 
-        Exchange.AllGather(channel.Sent(status), channel.Receive(workers));
+        ReadOnlySpan<double> sent = channel.Sent(status);
+        if ((long)workers * sent.Length > Array.MaxLength)
+        {
+            throw new InvalidOperationException(
+                string.Create(CultureInfo.InvariantCulture, $"The statistics exchange {Exchange.GetType().Name} reports {workers} workers: {workers} × {sent.Length} gathered values do not fit in an array."));
+        }
+
+        try
+        {
+            Exchange.AllGather(sent, channel.Receive(workers));
+        }
+        catch (Exception e) when (e is IndexOutOfRangeException or ArgumentException or OverflowException or InvalidCastException or NullReferenceException)
+        {
+            throw new InvalidOperationException(
+                string.Create(CultureInfo.InvariantCulture, $"The statistics exchange {Exchange.GetType().Name} failed to gather {sent.Length} values from each of the {workers} workers it reports (into {workers * sent.Length}): {e.Message}"),
+                e);
+        }
         for (int r = 0; r < workers && status == Accepted; r++)
         {
             if (channel.StatusOf(r) == Rejected)

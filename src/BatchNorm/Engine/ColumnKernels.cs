@@ -52,12 +52,15 @@ internal static class ColumnKernels
     /// mean for that formula to keep its digits.
     /// </summary>
     /// <returns>True when one pass suffices. The corrected formula loses about log₂(1 + offset²/σ²) bits, so it suffices
-    /// when c lies within σ/4 of the mean (a loss under 0.1 bit); otherwise the caller passes again around the mean.</returns>
+    /// when c lies within σ/4 of the mean (a loss under 0.1 bit) and the squares did not overflow; otherwise the caller
+    /// passes again around the mean. A non-finite offset (NaN or ±∞ in the data) needs no second pass.</returns>
     public static bool ShiftedMoments(double sum, double sumOfSquares, int n, out double offset, out double variance)
     {
         offset = sum / n;
         variance = Math.Max(0.0, (sumOfSquares - (sum * offset)) / n);
-        return 16 * offset * offset <= variance || !double.IsFinite(offset);
+
+        // Where the squares around a far center overflowed, those around the mean may still fit: pass again.
+        return (16 * offset * offset <= variance && double.IsFinite(variance)) || !double.IsFinite(offset);
     }
 
     /// <summary>Effectively computes (Σ dy[i], Σ dy[i]·x̂[i]).</summary>
@@ -65,19 +68,54 @@ internal static class ColumnKernels
         => Reduce(dy, xHat, default(SumAndDotOp));
 
     /// <summary>Effectively computes x̂[i] = ((x[i] − mean) − meanCorrection)·inverseStd and y[i] = γ·x̂[i] + β.</summary>
+    /// <returns>Whether every y is finite.</returns>
     /// <remarks>y may be the same memory as x. With <c>stream</c> set, x̂ is written with non-temporal stores (see <see cref="StreamingThreshold"/>).</remarks>
-    public static void Normalize(ReadOnlySpan<double> x, double mean, double meanCorrection, double inverseStd, double gamma, double beta, Span<double> xHat, Span<double> y, bool stream)
+    public static bool Normalize(ReadOnlySpan<double> x, double mean, double meanCorrection, double inverseStd, double gamma, double beta, Span<double> xHat, Span<double> y, bool stream)
         => Map(x, x, xHat, y, new NormalizeOp(mean, meanCorrection, inverseStd, gamma, beta), stream);
 
     /// <summary>Effectively computes dx[i] = scale·(dy[i] − meanDy − x̂[i]·meanDyXHat).</summary>
+    /// <returns>Whether every dx is finite.</returns>
     /// <remarks>With <c>stream</c> set, dx is written with non-temporal stores (see <see cref="StreamingThreshold"/>).</remarks>
-    public static void ClosedFormInputGradient(ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, double meanDy, double meanDyXHat, double scale, Span<double> dx, bool stream)
+    public static bool ClosedFormInputGradient(ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, double meanDy, double meanDyXHat, double scale, Span<double> dx, bool stream)
         => Map(dy, xHat, dx, dx, new ClosedFormOp(meanDy, meanDyXHat, scale), stream);
 
     /// <summary>Effectively computes dx[i] = scale·dy[i].</summary>
+    /// <returns>Whether every dx is finite.</returns>
     /// <remarks>With <c>stream</c> set, dx is written with non-temporal stores (see <see cref="StreamingThreshold"/>).</remarks>
-    public static void Scale(ReadOnlySpan<double> dy, double scale, Span<double> dx, bool stream)
+    public static bool Scale(ReadOnlySpan<double> dy, double scale, Span<double> dx, bool stream)
         => Map(dy, dy, dx, dx, new ScaleOp(scale), stream);
+
+    /// <summary>Gets whether every value is finite.</summary>
+    public static bool AllFinite(ReadOnlySpan<double> values) => FirstNonFinite(values) < 0;
+
+    /// <summary>Gets the index of the first value that is NaN or ±∞, or −1.</summary>
+    public static int FirstNonFinite(ReadOnlySpan<double> values)
+    {
+        int width = Vector<double>.Count, i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            ref double v0 = ref MemoryMarshal.GetReference(values);
+            for (; i <= values.Length - width; i += width)
+            {
+                // v − v is 0 for a finite v and NaN for NaN or ±∞.
+                Vector<double> v = Vector.LoadUnsafe(ref v0, (nuint)i);
+                if (!Vector.EqualsAll(v - v, Vector<double>.Zero))
+                {
+                    break;
+                }
+            }
+        }
+
+        for (; i < values.Length; i++)
+        {
+            if (!double.IsFinite(values[i]))
+            {
+                return i;
+            }
+        }
+
+        return -1;
+    }
 
     /// <summary>Two sums over a and b, accumulated in SIMD lanes per block and compensated across blocks.</summary>
     private static (double First, double Second) Reduce<TOp>(ReadOnlySpan<double> a, ReadOnlySpan<double> b, TOp op)
@@ -141,8 +179,12 @@ internal static class ColumnKernels
     }
 
     /// <summary>An element-wise map from a and b to one or two destinations.</summary>
-    /// <remarks>Each element is read before it is written, so a destination may alias a source.</remarks>
-    private static void Map<TOp>(ReadOnlySpan<double> a, ReadOnlySpan<double> b, Span<double> first, Span<double> second, TOp op, bool stream)
+    /// <returns>Whether every value of the checked destination (the second if there is one, else the first) is finite.</returns>
+    /// <remarks>
+    /// Each element is read before it is written, so a destination may alias a source. The check costs a subtraction and
+    /// an addition per vector in registers: v − v is 0 for a finite v and NaN otherwise, and NaN survives the sum.
+    /// </remarks>
+    private static bool Map<TOp>(ReadOnlySpan<double> a, ReadOnlySpan<double> b, Span<double> first, Span<double> second, TOp op, bool stream)
         where TOp : struct, IMapOp
     {
         int width = Vector<double>.Count, length = a.Length;
@@ -156,11 +198,13 @@ internal static class ColumnKernels
         ref double first0 = ref MemoryMarshal.GetReference(first);
         ref double second0 = ref MemoryMarshal.GetReference(second);
         int i = 0;
+        Vector<double> probe = Vector<double>.Zero;
+        double scalarProbe = 0;
         if (Vector.IsHardwareAccelerated)
         {
             if (stream && width == Vector256<double>.Count && Vector256.IsHardwareAccelerated && length >= 64)
             {
-                i = MapStreaming(ref a0, ref b0, first, ref second0, length, op);
+                i = MapStreaming(ref a0, ref b0, first, ref second0, length, op, ref probe, ref scalarProbe);
             }
 
             for (; i <= length - width; i += width)
@@ -170,6 +214,11 @@ internal static class ColumnKernels
                 if (op.HasSecond)
                 {
                     r2.StoreUnsafe(ref second0, (nuint)i);
+                    probe += r2 - r2;
+                }
+                else
+                {
+                    probe += r1 - r1;
                 }
             }
         }
@@ -182,7 +231,11 @@ internal static class ColumnKernels
             {
                 second[i] = r2;
             }
+
+            scalarProbe += op.HasSecond ? r2 - r2 : r1 - r1;
         }
+
+        return !double.IsNaN(scalarProbe + Vector.Sum(probe));
     }
 
     /// <summary>
@@ -196,7 +249,7 @@ internal static class ColumnKernels
     /// The vector body of <see cref="Map{TOp}"/> with non-temporal stores to the first destination, which is
     /// pinned so that its alignment cannot change under a compacting GC. Returns where the scalar tail starts.
     /// </summary>
-    private static unsafe int MapStreaming<TOp>(ref double a0, ref double b0, Span<double> first, ref double second0, int length, TOp op)
+    private static unsafe int MapStreaming<TOp>(ref double a0, ref double b0, Span<double> first, ref double second0, int length, TOp op, ref Vector<double> probe, ref double scalarProbe)
         where TOp : struct, IMapOp
     {
         int width = Vector256<double>.Count;
@@ -212,6 +265,8 @@ internal static class ColumnKernels
                 {
                     Unsafe.Add(ref second0, k) = r2;
                 }
+
+                scalarProbe += op.HasSecond ? r2 - r2 : r1 - r1;
             }
 
             for (; i <= length - width; i += width)
@@ -221,6 +276,11 @@ internal static class ColumnKernels
                 if (op.HasSecond)
                 {
                     r2.StoreUnsafe(ref second0, (nuint)i);
+                    probe += r2 - r2;
+                }
+                else
+                {
+                    probe += r1 - r1;
                 }
             }
 

@@ -22,6 +22,13 @@ internal static class ElementFormulas
     public static double Normalized(double x, double center, double correction, double inverseStd)
         => (x - center - correction) * inverseStd;
 
+    /// <summary>1/√(σ² + ε), also where σ² + ε overflows the range of double (then both are scaled by ¼ first, exactly).</summary>
+    public static double InverseStandardDeviation(double variance, double epsilon)
+    {
+        double sum = variance + epsilon;
+        return double.IsFinite(sum) ? 1.0 / Math.Sqrt(sum) : 0.5 / Math.Sqrt((0.25 * variance) + (0.25 * epsilon));
+    }
+
     /// <summary>The closed-form input gradient, dx = scale·(dy − mean(dy) − x̂·mean(dy·x̂)), with scale = γ/√(σ² + ε).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector<double> ClosedFormInputGradient(Vector<double> dy, Vector<double> xHat, Vector<double> meanDy, Vector<double> meanDyXHat, Vector<double> scale)

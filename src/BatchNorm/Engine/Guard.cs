@@ -95,10 +95,4 @@ internal static class Guard
         => new(
             string.Create(CultureInfo.InvariantCulture, $"Column {column} of {parameterName} {what}: it holds NaN or infinity, or values so large that its statistics overflow."),
             parameterName);
-
-    /// <summary>The error for a group of a row that cannot be normalized.</summary>
-    public static ArgumentException NotFiniteRow(string parameterName, int row, int group, string what)
-        => new(
-            string.Create(CultureInfo.InvariantCulture, $"Row {row} of {parameterName} {what}: group {group} holds NaN or infinity, or values so large that its statistics overflow."),
-            parameterName);
 }

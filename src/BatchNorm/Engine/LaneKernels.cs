@@ -61,7 +61,8 @@ internal static class LaneKernels
         => Reduce(dy, xHat, rows, first, count, gamma, new ScaledSumAndDotLanes(), default, sumG, sumGXHat, scratch);
 
     /// <summary>x̂ = ((x − center) − correction)·inverseStd and y = γⱼ·x̂ + βⱼ for columns [first, first + count), per row.</summary>
-    public static void Normalize(
+    /// <returns>Whether every y is finite.</returns>
+    public static bool Normalize(
         ReadOnlySpan<double> x, int rows, int first, int count, ReadOnlySpan<double> center, ReadOnlySpan<double> correction, ReadOnlySpan<double> inverseStd,
         ReadOnlySpan<double> gamma, ReadOnlySpan<double> beta, Span<double> xHat, Span<double> y)
         => Map(x, x, rows, first, count, gamma, beta, center, correction, inverseStd, xHat, y, new NormalizeLanes());
@@ -70,7 +71,8 @@ internal static class LaneKernels
     /// The closed-form input gradient of each row's group: dx = istd·(g − mean(g) − x̂·mean(g·x̂)) with gⱼ = γⱼ·dyⱼ,
     /// given the per-row means of g and g·x̂.
     /// </summary>
-    public static void ClosedFormInputGradient(
+    /// <returns>Whether every dx is finite.</returns>
+    public static bool ClosedFormInputGradient(
         ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, int rows, int first, int count, ReadOnlySpan<double> gamma,
         ReadOnlySpan<double> meanG, ReadOnlySpan<double> meanGXHat, ReadOnlySpan<double> inverseStd, Span<double> dx)
         => Map(dy, xHat, rows, first, count, gamma, gamma, meanG, meanGXHat, inverseStd, dx, dx, new ClosedFormLanes());
@@ -175,13 +177,16 @@ internal static class LaneKernels
     }
 
     /// <summary>An element-wise map over columns [first, first + count) with one or two destinations.</summary>
+    /// <returns>Whether every value of the checked destination (the second if there is one) is finite; see <see cref="ColumnKernels"/>' map.</returns>
     /// <remarks>Each element is read before it is written, so a destination may alias a source.</remarks>
-    private static void Map<TOp>(
+    private static bool Map<TOp>(
         ReadOnlySpan<double> a, ReadOnlySpan<double> b, int rows, int first, int count, ReadOnlySpan<double> columnScalars1, ReadOnlySpan<double> columnScalars2,
         ReadOnlySpan<double> lanes1, ReadOnlySpan<double> lanes2, ReadOnlySpan<double> lanes3, Span<double> out1, Span<double> out2, TOp op)
         where TOp : struct, ILaneMapOp
     {
         int width = Vector<double>.Count;
+        Vector<double> probe = Vector<double>.Zero;
+        double scalarProbe = 0;
         ref double l10 = ref MemoryMarshal.GetReference(lanes1), l20 = ref MemoryMarshal.GetReference(lanes2), l30 = ref MemoryMarshal.GetReference(lanes3);
         for (int j = first; j < first + count; j++)
         {
@@ -202,6 +207,11 @@ internal static class LaneKernels
                     if (op.HasSecond)
                     {
                         r2.StoreUnsafe(ref o20, (nuint)i);
+                        probe += r2 - r2;
+                    }
+                    else
+                    {
+                        probe += r1 - r1;
                     }
                 }
             }
@@ -214,8 +224,12 @@ internal static class LaneKernels
                 {
                     out2[offset + i] = r2;
                 }
+
+                scalarProbe += op.HasSecond ? r2 - r2 : r1 - r1;
             }
         }
+
+        return !double.IsNaN(scalarProbe + Vector.Sum(probe));
 
         static ref double At(ReadOnlySpan<double> data, int offset) => ref MemoryMarshal.GetReference(data.Slice(offset));
     }

@@ -61,14 +61,14 @@ internal sealed class NormalizationEngine
     /// <param name="beta">β per feature.</param>
     /// <param name="affine">What replaces γ and β per feature, or null for γ and β.</param>
     /// <param name="given">Use the statistics put into <see cref="GivenStatistics"/>, rather than compute them.</param>
-    /// <returns>The first column whose statistics are not finite, or −1.</returns>
-    public int ForwardColumns(Matrix<double> x, Matrix<double> y, NormalizationCache cache, Vector<double> gamma, Vector<double> beta, ISegmentAffine? affine, bool given)
+    /// <returns>The first column that failed (its statistics or its output not finite), or none.</returns>
+    public StepFault ForwardColumns(Matrix<double> x, Matrix<double> y, NormalizationCache cache, Vector<double> gamma, Vector<double> beta, ISegmentAffine? affine, bool given)
     {
         _forward.Start(x, y, cache, gamma, beta, affine, given);
         try
         {
             Runner.Run(_forward, cache.BatchSize, cache.Features);
-            return _forward.BadColumn;
+            return _forward.Fault;
         }
         finally
         {
@@ -77,8 +77,8 @@ internal sealed class NormalizationEngine
     }
 
     /// <summary>Normalizes a row-group layout: each group of each row with its own statistics, y = γ·x̂ + β per feature.</summary>
-    /// <returns>The index (group·N + row) of the first segment whose statistics are not finite, or −1.</returns>
-    public int ForwardRows(Matrix<double> x, Matrix<double> y, NormalizationCache cache, Vector<double> gamma, Vector<double> beta)
+    /// <returns>None, or the first segment (group·N + row) whose statistics are not finite, or the first column whose output is not.</returns>
+    public StepFault ForwardRows(Matrix<double> x, Matrix<double> y, NormalizationCache cache, Vector<double> gamma, Vector<double> beta)
     {
         SegmentLayout layout = cache.Layout;
         int n = layout.Rows, size = layout.SegmentColumns, segments = layout.Count;
@@ -97,70 +97,101 @@ internal sealed class NormalizationEngine
             mean[s] = center[s] + correction[s];
             if (!double.IsFinite(mean[s]) || !double.IsFinite(variance[s]))
             {
-                return s;
+                return new StepFault(s, FaultCause.Statistics);
             }
 
-            inverseStd[s] = 1.0 / Math.Sqrt(variance[s] + cache.Epsilon);
+            inverseStd[s] = ElementFormulas.InverseStandardDeviation(variance[s], cache.Epsilon);
         }
 
         Span<double> xHat = DenseColumns.Data(cache.NormalizedMatrix), output = DenseColumns.Data(y);
         for (int g = 0; g < layout.ColumnBlocks; g++)
         {
-            LaneKernels.Normalize(
+            bool finite = LaneKernels.Normalize(
                 data, n, g * size, size, center.Slice(g * n, n), correction.Slice(g * n, n), inverseStd.Slice(g * n, n), DenseColumns.Data(gamma), DenseColumns.Data(beta), xHat, output);
+            for (int j = g * size; !finite && j < (g + 1) * size; j++)
+            {
+                StepFault fault = OutputFault(j, DenseColumns.Column(cache.NormalizedMatrix, j), DenseColumns.Column(y, j), gamma[j], beta[j]);
+                if (fault.Failed)
+                {
+                    return fault;
+                }
+            }
         }
 
-        return -1;
+        return StepFault.None;
     }
 
-    /// <summary>The error for a segment whose statistics are not finite: the column, or the row and group.</summary>
-    public static ArgumentException NotFinite(SegmentLayout layout, int bad, string parameterName)
-        => layout.ByRow
-            ? Guard.NotFiniteRow(parameterName, bad % layout.RowBlocks, bad / layout.RowBlocks, "cannot be normalized")
-            : Guard.NotFinite(parameterName, bad, "cannot be normalized");
+    /// <summary>
+    /// Why y = scale·x̂ + shift came out non-finite somewhere: a scale or shift that is not finite, or y overflowing where
+    /// x̂ is finite. Where x̂ itself is not (an inference Forward passes NaN and ±∞ through), y may not be either.
+    /// </summary>
+    private static StepFault OutputFault(int column, ReadOnlySpan<double> xHat, ReadOnlySpan<double> y, double scale, double shift)
+    {
+        if (!double.IsFinite(scale) || !double.IsFinite(shift))
+        {
+            return new StepFault(column, FaultCause.Parameters);
+        }
+
+        for (int i = 0; i < y.Length; i++)
+        {
+            if (!double.IsFinite(y[i]) && double.IsFinite(xHat[i]))
+            {
+                return new StepFault(column, FaultCause.Output);
+            }
+        }
+
+        return StepFault.None;
+    }
+
+    /// <summary>Why the gradient sums of a feature are not finite: dy holds NaN or ±∞ (or its sums overflow), or else the cached x̂ does.</summary>
+    private static StepFault SumsFault(int feature, NormalizationCache cache, Matrix<double> dy)
+        => new(feature, ColumnKernels.AllFinite(DenseColumns.Column(dy, feature)) && !ColumnKernels.AllFinite(cache.NormalizedColumn(feature)) ? FaultCause.Cache : FaultCause.OutputGradient);
 
     /// <summary>
     /// The whole backward pass of one worker, unsynchronized: dL/dx, and per feature dL/dγ′ and dL/dβ′ of the affine map
     /// y = γ′·x̂ + β′ the Forward applied, where <paramref name="scale"/> holds γ′.
     /// </summary>
-    /// <returns>The first feature whose gradient sums are not finite, or −1.</returns>
-    public int Backward(BackwardStrategy strategy, NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient)
+    /// <returns>None, or the first feature whose gradient sums or input gradient are not finite, and why.</returns>
+    public StepFault Backward(BackwardStrategy strategy, NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient)
     {
         if (cache.Layout.ByRow)
         {
             return BackwardRows(strategy, cache, scale, dy, dx, scaleGradient, shiftGradient);
         }
 
-        RunColumns(strategy, cache, scale, dy, dx, BackwardSteps.Both);
-        return ParameterGradients(cache, strategy.SumCount, scaleGradient, shiftGradient);
+        StepFault dxFault = RunColumns(strategy, cache, scale, dy, dx, BackwardSteps.Both);
+        return StepFault.First(ParameterGradients(cache, strategy.SumCount, dy, scaleGradient, shiftGradient), dxFault);
     }
 
     /// <summary>
     /// The backward pass of a synchronized Forward: every segment's sums, then the sums of all workers added up through
     /// <paramref name="synchronizer"/>, then every segment's input gradient with them.
     /// </summary>
-    /// <returns>The first feature whose gradient sums are not finite, or −1; every worker sees the same sums, so every worker reports the same feature.</returns>
-    public int BackwardSynchronized(
+    /// <returns>None, or the first feature that failed on this worker, and why. A worker whose own sums are not finite
+    /// reports its feature; the others throw, naming it (see <see cref="StatisticsSynchronizer.AddUp"/>).</returns>
+    public StepFault BackwardSynchronized(
         BackwardStrategy strategy, NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient, StatisticsSynchronizer synchronizer)
     {
         RunColumns(strategy, cache, scale, dy, dx, BackwardSteps.Sums);
         int bad = synchronizer.AddUp(_sums.AsSpan(0, cache.Layout.Count * strategy.SumCount), strategy.SumCount);
         if (bad >= 0)
         {
-            return bad;
+            return SumsFault(bad, cache, dy);
         }
 
-        RunColumns(strategy, cache, scale, dy, dx, BackwardSteps.InputGradient);
-        return ParameterGradients(cache, strategy.SumCount, scaleGradient, shiftGradient);
+        StepFault dxFault = RunColumns(strategy, cache, scale, dy, dx, BackwardSteps.InputGradient);
+        return StepFault.First(ParameterGradients(cache, strategy.SumCount, dy, scaleGradient, shiftGradient), dxFault);
     }
 
-    private void RunColumns(BackwardStrategy strategy, NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, BackwardSteps steps)
+    /// <returns>The first column whose input gradient came out non-finite, or none.</returns>
+    private StepFault RunColumns(BackwardStrategy strategy, NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, BackwardSteps steps)
     {
         Buffer(ref _sums, cache.Layout.Count * strategy.SumCount);
         _backward.Start(strategy, cache, scale, dy, dx, steps);
         try
         {
             Runner.Run(_backward, cache.BatchSize, cache.Features);
+            return _backward.Fault;
         }
         finally
         {
@@ -169,7 +200,7 @@ internal sealed class NormalizationEngine
     }
 
     /// <summary>dL/dγ′ and dL/dβ′ per feature: the first two sums of each of its segments, added in block order.</summary>
-    private int ParameterGradients(NormalizationCache cache, int sumCount, Span<double> scaleGradient, Span<double> shiftGradient)
+    private StepFault ParameterGradients(NormalizationCache cache, int sumCount, Matrix<double> dy, Span<double> scaleGradient, Span<double> shiftGradient)
     {
         int blocks = cache.RowBlocks, bad = -1;
         for (int j = 0; j < cache.Features; j++)
@@ -190,28 +221,27 @@ internal sealed class NormalizationEngine
             }
         }
 
-        return bad;
+        return bad < 0 ? StepFault.None : SumsFault(bad, cache, dy);
     }
 
     /// <summary>
     /// Row groups: dL/dγ and dL/dβ are column sums, since each feature has its own γ within a segment; then the strategy's
     /// vectorized pass over all rows, or each segment gathered into contiguous scratch.
     /// </summary>
-    private int BackwardRows(BackwardStrategy strategy, NormalizationCache cache, double[] gamma, Matrix<double> dy, Matrix<double> dx, Span<double> gammaGradient, Span<double> betaGradient)
+    private StepFault BackwardRows(BackwardStrategy strategy, NormalizationCache cache, double[] gamma, Matrix<double> dy, Matrix<double> dx, Span<double> gammaGradient, Span<double> betaGradient)
     {
-        int bad = -1;
         for (int j = 0; j < cache.Features; j++)
         {
             (betaGradient[j], gammaGradient[j]) = ColumnKernels.SumAndDot(DenseColumns.Column(dy, j), cache.NormalizedColumn(j));
-            if (bad < 0 && (!double.IsFinite(betaGradient[j]) || !double.IsFinite(gammaGradient[j])))
+            if (!double.IsFinite(betaGradient[j]) || !double.IsFinite(gammaGradient[j]))
             {
-                bad = j;
+                return SumsFault(j, cache, dy);
             }
         }
 
-        if (bad >= 0 || strategy.TryBackwardRowGroups(cache, gamma, dy, dx, _lanes))
+        if (strategy.TryBackwardRowGroups(cache, gamma, dy, dx, _lanes, out bool finite))
         {
-            return bad;
+            return finite ? StepFault.None : FirstNonFiniteColumn(dx);
         }
 
         // Each group of each row, gathered: the gradient at x̂ (γⱼ·dyⱼ, so the segment's γ is 1) and x̂.
@@ -231,9 +261,14 @@ internal sealed class NormalizationEngine
                     xHat[k] = xHatData[(j * n) + i];
                 }
 
-                var segment = new BackwardSegment(g, xHat, 1, cache.InverseStandardDeviation[(group * n) + i], cache.Epsilon, frozenStatistics: false, size, 0, stream: false);
+                int s = (group * n) + i;
+                var segment = new BackwardSegment(g, xHat, 1, cache.Variance[s], cache.InverseStandardDeviation[s], cache.Epsilon, frozenStatistics: false, size, 0, stream: false);
                 strategy.SumsUnchecked(segment, sums, segmentDx);
-                strategy.InputGradientUnchecked(segment, sums, segmentDx);
+                if (!strategy.InputGradientFinite(segment, sums, segmentDx))
+                {
+                    return new StepFault((group * size) + ColumnKernels.FirstNonFinite(segmentDx), FaultCause.InputGradient);
+                }
+
                 for (int k = 0; k < size; k++)
                 {
                     dxData[(((group * size) + k) * n) + i] = segmentDx[k];
@@ -241,7 +276,29 @@ internal sealed class NormalizationEngine
             }
         }
 
-        return -1;
+        return StepFault.None;
+    }
+
+    private static StepFault FirstNonFiniteColumn(Matrix<double> dx)
+    {
+        for (int j = 0; j < dx.ColumnCount; j++)
+        {
+            if (!ColumnKernels.AllFinite(DenseColumns.Column(dx, j)))
+            {
+                return new StepFault(j, FaultCause.InputGradient);
+            }
+        }
+
+        return StepFault.None;
+    }
+
+    /// <summary>Keeps the first fault (by column) that any thread of a step records, without a lock.</summary>
+    private static void Record(ref int packed, StepFault fault)
+    {
+        int candidate = fault.Pack(), seen;
+        while (candidate < (seen = Volatile.Read(ref packed)) && Interlocked.CompareExchange(ref packed, candidate, seen) != seen)
+        {
+        }
     }
 
     private static Span<double> Buffer(ref double[] buffer, int length)
@@ -275,14 +332,14 @@ internal sealed class NormalizationEngine
         private Vector<double>? _gamma, _beta;
         private ISegmentAffine? _affine;
         private bool _given;
-        private int _badColumn;
+        private int _fault;
 
-        public int BadColumn => _badColumn == int.MaxValue ? -1 : _badColumn;
+        public StepFault Fault => StepFault.Unpack(_fault);
 
         public void Start(Matrix<double> x, Matrix<double> y, NormalizationCache cache, Vector<double> gamma, Vector<double> beta, ISegmentAffine? affine, bool given)
         {
             (_x, _y, _cache, _gamma, _beta, _affine, _given) = (x, y, cache, gamma, beta, affine, given);
-            _badColumn = int.MaxValue;
+            _fault = int.MaxValue;
         }
 
         public void Finish() => (_x, _y, _cache, _gamma, _beta, _affine) = (null, null, null, null, null, null);
@@ -318,23 +375,21 @@ internal sealed class NormalizationEngine
                     mean[k] = center + correction;
                     if (!double.IsFinite(mean[k]) || !double.IsFinite(variance[k]))
                     {
-                        RecordBadColumn(j);
+                        Record(ref _fault, new StepFault(j, FaultCause.Statistics));
                         break;
                     }
 
-                    inverseStd[k] = 1.0 / Math.Sqrt(variance[k] + cache.Epsilon);
+                    inverseStd[k] = ElementFormulas.InverseStandardDeviation(variance[k], cache.Epsilon);
                     double scale = gamma[j], shift = beta[j];
                     _affine?.Affine(j, mean[k], variance[k], ref scale, ref shift);
-                    ColumnKernels.Normalize(x, center, correction, inverseStd[k], scale, shift, xHat.Slice(offset, rows), DenseColumns.Column(_y!, j).Slice(b * rows, rows), stream);
+                    Span<double> blockXHat = xHat.Slice(offset, rows), blockY = DenseColumns.Column(_y!, j).Slice(b * rows, rows);
+                    if (!ColumnKernels.Normalize(x, center, correction, inverseStd[k], scale, shift, blockXHat, blockY, stream)
+                        && OutputFault(j, blockXHat, blockY, scale, shift) is { Failed: true } fault)
+                    {
+                        Record(ref _fault, fault);
+                        break;
+                    }
                 }
-            }
-        }
-
-        private void RecordBadColumn(int column)
-        {
-            int seen;
-            while (column < (seen = Volatile.Read(ref _badColumn)) && Interlocked.CompareExchange(ref _badColumn, column, seen) != seen)
-            {
             }
         }
     }
@@ -347,9 +402,15 @@ internal sealed class NormalizationEngine
         private double[]? _scale;
         private Matrix<double>? _dy, _dx;
         private BackwardSteps _steps;
+        private int _fault;
+
+        public StepFault Fault => StepFault.Unpack(_fault);
 
         public void Start(BackwardStrategy strategy, NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, BackwardSteps steps)
-            => (_strategy, _cache, _scale, _dy, _dx, _steps) = (strategy, cache, scale, dy, dx, steps);
+        {
+            (_strategy, _cache, _scale, _dy, _dx, _steps) = (strategy, cache, scale, dy, dx, steps);
+            _fault = int.MaxValue;
+        }
 
         public void Finish() => (_strategy, _cache, _scale, _dy, _dx) = (null, null, null, null, null);
 
@@ -369,6 +430,7 @@ internal sealed class NormalizationEngine
                         DenseColumns.Column(_dy!, j).Slice(b * rows, rows),
                         cache.NormalizedColumn(j).Slice(b * rows, rows),
                         _scale![j],
+                        cache.Variance[k],
                         inverseStd[k],
                         cache.Epsilon,
                         cache.FrozenStatistics,
@@ -381,9 +443,9 @@ internal sealed class NormalizationEngine
                         strategy.SumsUnchecked(segment, sums, dx);
                     }
 
-                    if ((_steps & BackwardSteps.InputGradient) != 0)
+                    if ((_steps & BackwardSteps.InputGradient) != 0 && !strategy.InputGradientFinite(segment, sums, dx))
                     {
-                        strategy.InputGradientUnchecked(segment, sums, dx);
+                        Record(ref _fault, new StepFault(j, FaultCause.InputGradient));
                     }
                 }
             }

@@ -119,7 +119,7 @@ public sealed class BatchNormLayer : RunningStatisticsLayer
         base.CheckRows(input);
     }
 
-    private protected override int NormalizeTraining(Matrix<double> x, Matrix<double> y, NormalizationCache next)
+    private protected override StepFault NormalizeTraining(Matrix<double> x, Matrix<double> y, NormalizationCache next)
     {
         if (_synchronizer is not { } synchronizer)
         {
@@ -131,7 +131,7 @@ public sealed class BatchNormLayer : RunningStatisticsLayer
         (int total, int offset, int bad) = synchronizer.MergeMoments(x, center, correction, variance);
         if (bad >= 0)
         {
-            return bad;
+            return new StepFault(bad, FaultCause.Statistics);
         }
 
         next.Synchronized = true;
@@ -175,7 +175,7 @@ public sealed class BatchNormLayer : RunningStatisticsLayer
         };
     }
 
-    private protected override int Differentiate(NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient)
+    private protected override StepFault Differentiate(NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient)
     {
         if (!cache.Synchronized)
         {

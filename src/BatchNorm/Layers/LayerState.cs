@@ -102,16 +102,26 @@ internal sealed class LayerState
                 throw new FormatException("The saved state must be a JSON object.");
             }
 
+            var names = new HashSet<string>(StringComparer.Ordinal);
+            foreach (JsonProperty property in root.EnumerateObject())
+            {
+                if (!names.Add(property.Name))
+                {
+                    throw new FormatException($"The saved state has the field '{Quote(property.Name)}' more than once.");
+                }
+            }
+
             string format = Required(root, "format", JsonValueKind.String).GetString()!;
             if (expectedFormat is not null && format != expectedFormat)
             {
-                throw new FormatException($"The saved state has format '{format}', not '{expectedFormat}'.");
+                throw new FormatException($"The saved state has format '{Quote(format)}', not '{expectedFormat}'.");
             }
 
-            int version = Required(root, "version", JsonValueKind.Number).TryGetInt32(out int v) ? v : -1;
-            if (version != FormatVersion)
+            // The version must be the JSON number 1 as written by Export; anything else is reported as the file has it.
+            JsonElement version = Required(root, "version", null);
+            if (version.ValueKind != JsonValueKind.Number || version.GetRawText() != FormatVersion.ToString(CultureInfo.InvariantCulture))
             {
-                throw new FormatException(string.Create(CultureInfo.InvariantCulture, $"The saved state is format version {version}; this library reads version {FormatVersion} only."));
+                throw new FormatException(string.Create(CultureInfo.InvariantCulture, $"The saved state is format version {Quote(version.GetRawText())}; this library reads version {FormatVersion} only."));
             }
 
             int features = Required(root, "features", JsonValueKind.Number).TryGetInt32(out int f) && f > 0
@@ -135,7 +145,7 @@ internal sealed class LayerState
         LayerState state = Parse(text, expectedType is null ? null : FormatOf(expectedType));
         if (!Factories.TryGetValue(state.Format, out Func<LayerState, NormalizationLayer>? factory))
         {
-            throw new FormatException($"The saved state has format '{state.Format}', which is not a layer of this library ({string.Join(", ", Factories.Keys)}).");
+            throw new FormatException($"The saved state has format '{Quote(state.Format)}', which is not a layer of this library ({string.Join(", ", Factories.Keys)}).");
         }
 
         NormalizationLayer layer;
@@ -186,7 +196,7 @@ internal sealed class LayerState
 
         return element.ValueKind == JsonValueKind.Number && element.TryGetInt32(out int value) && value >= minimum
             ? value
-            : throw new FormatException(string.Create(CultureInfo.InvariantCulture, $"'{name}' must be null or an integer of at least {minimum}, not {element.GetRawText()}."));
+            : throw new FormatException(string.Create(CultureInfo.InvariantCulture, $"'{name}' must be null or an integer of at least {minimum}, not {Quote(element.GetRawText())}."));
     }
 
     /// <summary>Reads a non-negative integer field.</summary>
@@ -195,10 +205,22 @@ internal sealed class LayerState
             ? value
             : throw new FormatException($"'{name}' must be a non-negative integer.");
 
-    /// <summary>Reads an array of <see cref="Features"/> finite numbers.</summary>
-    public double[] Array(string name) => ReadArray(_root, name, Features);
+    /// <summary>Reads an array of <see cref="Features"/> finite numbers, each at least 0 when <paramref name="nonNegative"/> is set.</summary>
+    public double[] Array(string name, bool nonNegative = false) => ReadArray(_root, name, Features, nonNegative);
 
-    private static double[] ReadArray(JsonElement root, string name, int features)
+    /// <summary>
+    /// The rule every saved value keeps, checked in one place for both directions: what Export would refuse to write,
+    /// Parse refuses to read. Returns what is wrong with the value, or null.
+    /// </summary>
+    private static string? Violation(double value, bool nonNegative)
+        => !double.IsFinite(value) ? "must be a finite number"
+            : nonNegative && value < 0 ? "must not be negative"
+            : null;
+
+    /// <summary>At most 40 characters of a value quoted in a message, so that a huge string does not flood it.</summary>
+    private static string Quote(string text) => text.Length <= 40 ? text : string.Concat(text.AsSpan(0, 40), "…");
+
+    private static double[] ReadArray(JsonElement root, string name, int features, bool nonNegative = false)
     {
         JsonElement array = Required(root, name, JsonValueKind.Array);
         if (array.GetArrayLength() != features)
@@ -210,7 +232,13 @@ internal sealed class LayerState
         int i = 0;
         foreach (JsonElement item in array.EnumerateArray())
         {
-            values[i] = Number(item, string.Create(CultureInfo.InvariantCulture, $"{name}[{i}]"));
+            string element = string.Create(CultureInfo.InvariantCulture, $"{name}[{i}]");
+            values[i] = Number(item, element);
+            if (Violation(values[i], nonNegative) is string problem)
+            {
+                throw new FormatException(string.Create(CultureInfo.InvariantCulture, $"'{element}' {problem}, not {values[i]:R}."));
+            }
+
             i++;
         }
 
@@ -236,7 +264,7 @@ internal sealed class LayerState
     {
         if (element.ValueKind != JsonValueKind.Number || !element.TryGetDouble(out double value) || !double.IsFinite(value))
         {
-            throw new FormatException($"'{name}' must be a finite number, not {element.GetRawText()}.");
+            throw new FormatException($"'{name}' must be a finite number, not {Quote(element.GetRawText())}.");
         }
 
         return value;
@@ -261,8 +289,19 @@ internal sealed class LayerState
 
         public void Integer(string name, long value) => json.WriteNumber(name, value);
 
-        public void Array(string name, Vector<double> values)
+        /// <summary>Writes a vector, refusing (before writing anything of it) a value that an import would refuse.</summary>
+        /// <exception cref="InvalidOperationException">A value is not finite, or negative where it must not be; the message names it.</exception>
+        public void Array(string name, Vector<double> values, bool nonNegative = false)
         {
+            for (int i = 0; i < values.Count; i++)
+            {
+                if (Violation(values[i], nonNegative) is string problem)
+                {
+                    throw new InvalidOperationException(
+                        string.Create(CultureInfo.InvariantCulture, $"The layer cannot be saved: {name}[{i}] is {values[i]:R}, but a saved {name} {problem}."));
+                }
+            }
+
             json.WriteStartArray(name);
             foreach (double v in values)
             {

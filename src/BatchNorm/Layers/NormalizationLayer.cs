@@ -1,6 +1,7 @@
 using System;
 using System.Collections.Generic;
 using System.Globalization;
+using System.Threading;
 using MathNet.Numerics.LinearAlgebra;
 
 namespace BatchNorm;
@@ -30,6 +31,7 @@ public abstract class NormalizationLayer : INormalizationLayer
     private readonly double[] _scale, _scaleGradient, _shiftGradient;
     private BackwardStrategy _backwardStrategy;
     private NormalizationCache? _cache, _spareCache;
+    private int _busy;
     private Matrix<double>? _inputScratch, _outputScratch, _outputGradientScratch, _inputGradientScratch;
 
     /// <summary>Checks and stores what every layer has, with γ = 1 and β = 0.</summary>
@@ -123,6 +125,7 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// <remarks>In place; allocates nothing.</remarks>
     public void ResetParameters()
     {
+        using var call = new Call(this);
         DenseColumns.Data(Gamma).Fill(1.0);
         DenseColumns.Data(Beta).Clear();
     }
@@ -136,6 +139,7 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// <remarks>Allocates the result, and the cache when the batch shape changes.</remarks>
     public Matrix<double> Forward(Matrix<double> input)
     {
+        using var call = new Call(this);
         try
         {
             CheckInput(input);
@@ -160,6 +164,7 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// <remarks>Allocates nothing when both matrices are dense and the shape is that of the previous Forward.</remarks>
     public void Forward(Matrix<double> input, Matrix<double> output)
     {
+        using var call = new Call(this);
         try
         {
             CheckInput(input);
@@ -183,6 +188,7 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// <exception cref="InvalidOperationException">No Forward has run yet.</exception>
     public Matrix<double> Backward(Matrix<double> outputGradient)
     {
+        using var call = new Call(this);
         NormalizationCache cache = _cache ?? throw NoForward();
         try
         {
@@ -209,6 +215,7 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// <remarks>Allocates nothing when both matrices are dense.</remarks>
     public void Backward(Matrix<double> outputGradient, Matrix<double> inputGradient)
     {
+        using var call = new Call(this);
         NormalizationCache cache = _cache ?? throw NoForward();
         try
         {
@@ -241,6 +248,7 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// successful one drops the cache, which came from the old parameters; gradients and the mode are left as they are.</remarks>
     public void ImportState(string json)
     {
+        using var call = new Call(this);
         Guard.NotNull(json, nameof(json));
         LayerState state = LayerState.Parse(json, StateFormat);
         if (StateShapeMismatch(state) is string mismatch)
@@ -283,10 +291,9 @@ public abstract class NormalizationLayer : INormalizationLayer
 
     /// <summary>
     /// Computes the statistics, x̂ and y of a step into <paramref name="next"/> and <paramref name="y"/>, with the engine:
-    /// by default each segment with its own statistics. Returns the first segment (in the engine's numbering) whose
-    /// statistics are not finite, or −1.
+    /// by default each segment with its own statistics. Returns what went wrong, if anything.
     /// </summary>
-    private protected virtual int Normalize(Matrix<double> x, Matrix<double> y, NormalizationCache next)
+    private protected virtual StepFault Normalize(Matrix<double> x, Matrix<double> y, NormalizationCache next)
         => next.Layout.ByRow
             ? _engine.ForwardRows(x, y, next, Gamma, Beta)
             : _engine.ForwardColumns(x, y, next, Gamma, Beta, affine: null, given: false);
@@ -299,6 +306,12 @@ public abstract class NormalizationLayer : INormalizationLayer
     {
     }
 
+    /// <summary>
+    /// Called once a Forward's output is computed and before anything is committed: the place to work out (and check)
+    /// what <see cref="OnForwardCommitted"/> will write.
+    /// </summary>
+    private protected virtual StepFault PrepareCommit(NormalizationCache next) => StepFault.None;
+
     /// <summary>Called once a Forward has succeeded and its cache is current: the place to update running statistics.</summary>
     private protected virtual void OnForwardCommitted(NormalizationCache cache)
     {
@@ -309,9 +322,9 @@ public abstract class NormalizationLayer : INormalizationLayer
 
     /// <summary>
     /// Runs the backward pass with the engine: dL/dx, and dL/dγ′ and dL/dβ′ of the affine map y = γ′·x̂ + β′ that the
-    /// Forward applied. Returns the first feature whose sums are not finite, or −1.
+    /// Forward applied. Returns what went wrong, if anything.
     /// </summary>
-    private protected virtual int Differentiate(NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient)
+    private protected virtual StepFault Differentiate(NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient)
         => _engine.Backward(_backwardStrategy, cache, scale, dy, dx, scaleGradient, shiftGradient);
 
     /// <summary>Turns dL/dγ′ and dL/dβ′ into dL/dγ and dL/dβ, in place; the identity where γ′ = γ and β′ = β.</summary>
@@ -359,6 +372,28 @@ public abstract class NormalizationLayer : INormalizationLayer
         CheckRows(input);
     }
 
+    /// <summary>
+    /// Marks the layer busy for the length of a call, and throws if it already is: a layer is not thread-safe, and two
+    /// threads inside it at once would corrupt its cache and scratch. One interlocked exchange per call, no lock.
+    /// </summary>
+    private protected readonly ref struct Call
+    {
+        private readonly NormalizationLayer _layer;
+
+        public Call(NormalizationLayer layer)
+        {
+            if (Interlocked.CompareExchange(ref layer._busy, 1, 0) != 0)
+            {
+                throw new InvalidOperationException(
+                    $"Two calls overlapped on one {layer.GetType().Name}: a layer is not thread-safe. Give each thread its own layer, or call it from one thread at a time.");
+            }
+
+            _layer = layer;
+        }
+
+        public void Dispose() => Volatile.Write(ref _layer._busy, 0);
+    }
+
     private static InvalidOperationException NoForward() => new("Backward needs the cache of a Forward; call Forward first.");
 
     private static void CheckOutputGradient(NormalizationCache cache, Matrix<double> outputGradient)
@@ -381,11 +416,16 @@ public abstract class NormalizationLayer : INormalizationLayer
         next.Synchronized = false;
         next.SegmentValues = layout.SegmentRows * layout.SegmentColumns;
         next.SegmentOffset = 0;
-        int bad = Normalize(x, y, next);
+        StepFault fault = Normalize(x, y, next);
         _spareCache = next;
-        if (bad >= 0)
+        if (!fault.Failed)
         {
-            throw NormalizationEngine.NotFinite(layout, bad, nameof(input));
+            fault = PrepareCommit(next);
+        }
+
+        if (fault.Failed)
+        {
+            throw fault.ForwardException(layout, this, nameof(input));
         }
 
         DenseColumns.CopyBack(y, output);
@@ -399,11 +439,10 @@ public abstract class NormalizationLayer : INormalizationLayer
         Matrix<double> dy = DenseColumns.AsDense(outputGradient, ref _outputGradientScratch);
         Matrix<double> dx = DenseColumns.DenseTarget(inputGradient, ref _inputGradientScratch);
         BackwardScale(_scale);
-        int bad = Differentiate(cache, _scale, dy, dx, _scaleGradient, _shiftGradient);
-        if (bad >= 0)
+        StepFault fault = Differentiate(cache, _scale, dy, dx, _scaleGradient, _shiftGradient);
+        if (fault.Failed)
         {
-            // dβ = Σdy and dγ = Σdy·x̂ are finite exactly when the column of dy is finite and its sums do not overflow.
-            throw Guard.NotFinite(nameof(outputGradient), bad, "cannot be back-propagated");
+            throw fault.BackwardException(nameof(outputGradient), _backwardStrategy);
         }
 
         DenseColumns.CopyBack(dx, inputGradient);

@@ -9,8 +9,8 @@ namespace BatchNorm;
 /// with the running statistics, a per-feature affine map that folds into a preceding Linear layer.
 /// </summary>
 /// <remarks>
-/// <para>Per feature, after a training Forward with N rows (or N/G per ghost batch): running_mean ← (1 − m)·running_mean
-/// + m·μ and running_var ← (1 − m)·running_var + m·σ²·N/(N − 1). The running variance is unbiased, as in PyTorch; the
+/// <para>Per feature, after a training Forward with N rows (or N/G per ghost batch, once per block in block order):
+/// running_mean ← (1 − m)·running_mean + m·μ and running_var ← (1 − m)·running_var + m·σ²·N/(N − 1). The running variance is unbiased, as in PyTorch; the
 /// variance used to normalize is biased (÷N). With <see cref="Momentum"/> null, m = 1/BatchesTracked (after the
 /// increment): a cumulative moving average. Keras' momentum is the weight of the old value: Keras 0.99 is m = 0.01 here.</para>
 /// <para>Inference changes no state but the cache, and works on any number of rows, including one. Backward after an
@@ -18,6 +18,9 @@ namespace BatchNorm;
 /// </remarks>
 public abstract class RunningStatisticsLayer : NormalizationLayer
 {
+    private readonly double[] _nextMean, _nextVariance;
+    private long _nextBatches;
+
     /// <summary>Checks and stores the settings, with running mean 0 and running variance 1.</summary>
     /// <exception cref="ArgumentOutOfRangeException">As for <see cref="NormalizationLayer"/>, or the momentum lies outside [0, 1].</exception>
     private protected RunningStatisticsLayer(int features, double epsilon, double? momentum, BackwardStrategy? backward)
@@ -25,6 +28,8 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
     {
         Guard.Momentum(momentum);
         Momentum = momentum;
+        _nextMean = new double[features];
+        _nextVariance = new double[features];
         RunningMean = Vector<double>.Build.Dense(features);
         RunningVariance = Vector<double>.Build.Dense(features);
         ResetRunningStatistics();
@@ -47,6 +52,7 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
     /// <remarks>In place; allocates nothing.</remarks>
     public void ResetRunningStatistics()
     {
+        using var call = new Call(this);
         DenseColumns.Data(RunningMean).Clear();
         DenseColumns.Data(RunningVariance).Fill(1.0);
         BatchesTracked = 0;
@@ -99,8 +105,18 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
         }
     }
 
-    private protected override int Normalize(Matrix<double> x, Matrix<double> y, NormalizationCache next)
+    private protected override StepFault Normalize(Matrix<double> x, Matrix<double> y, NormalizationCache next)
     {
+        // The running statistics are public vectors, so they are checked here rather than trusted: inference divides by
+        // them, and training averages into them.
+        for (int j = 0; j < Features; j++)
+        {
+            if (!double.IsFinite(RunningMean[j]) || !(RunningVariance[j] >= 0) || double.IsPositiveInfinity(RunningVariance[j]))
+            {
+                return new StepFault(j, FaultCause.RunningStatistics);
+            }
+        }
+
         if (IsTraining)
         {
             return NormalizeTraining(x, y, next);
@@ -116,14 +132,50 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
     }
 
     /// <summary>A training Forward: by default each segment with its own statistics, computed by the engine.</summary>
-    private protected virtual int NormalizeTraining(Matrix<double> x, Matrix<double> y, NormalizationCache next)
+    private protected virtual StepFault NormalizeTraining(Matrix<double> x, Matrix<double> y, NormalizationCache next)
         => Engine.ForwardColumns(x, y, next, Gamma, Beta, TrainingAffine, given: false);
+
+    /// <summary>
+    /// The running statistics after a training step, worked out before anything is committed. They cannot overflow: the
+    /// old ones are finite (checked), and σ²·N/(N − 1) = Σ(x − μ)²/(N − 1) is at most the sum of squares the statistics
+    /// were computed from, so each update is a convex combination of finite values.
+    /// </summary>
+    private protected override StepFault PrepareCommit(NormalizationCache next)
+    {
+        if (next.FrozenStatistics)
+        {
+            return StepFault.None;
+        }
+
+        int blocks = next.RowBlocks, rows = next.SegmentValues;
+        double bessel = (double)rows / (rows - 1);
+        DenseColumns.Data(RunningMean).CopyTo(_nextMean);
+        DenseColumns.Data(RunningVariance).CopyTo(_nextVariance);
+        long batches = BatchesTracked;
+        for (int b = 0; b < blocks; b++)
+        {
+            // Saturates rather than wraps after long.MaxValue batches; the cumulative average then hardly moves anyway.
+            batches = batches == long.MaxValue ? batches : batches + 1;
+            double m = Momentum ?? 1.0 / batches;
+            for (int j = 0; j < Features; j++)
+            {
+                int k = (j * blocks) + b;
+                _nextMean[j] = ((1 - m) * _nextMean[j]) + (m * next.Mean[k]);
+                _nextVariance[j] = ((1 - m) * _nextVariance[j]) + (m * next.Variance[k] * bessel);
+            }
+        }
+
+        _nextBatches = batches;
+        return StepFault.None;
+    }
 
     private protected override void OnForwardCommitted(NormalizationCache cache)
     {
         if (!cache.FrozenStatistics)
         {
-            UpdateRunningStatistics(cache);
+            _nextMean.CopyTo(DenseColumns.Data(RunningMean));
+            _nextVariance.CopyTo(DenseColumns.Data(RunningVariance));
+            BatchesTracked = _nextBatches;
         }
     }
 
@@ -131,7 +183,7 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
     {
         writer.NullableNumber("momentum", Momentum);
         writer.Array("runningMean", RunningMean);
-        writer.Array("runningVariance", RunningVariance);
+        writer.Array("runningVariance", RunningVariance, nonNegative: true);
         writer.Integer("batchesTracked", BatchesTracked);
     }
 
@@ -143,11 +195,7 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
             throw new FormatException("'momentum' must be a number in [0, 1] or null.");
         }
 
-        double[] mean = state.Array("runningMean"), variance = state.Array("runningVariance");
-        if (Array.Exists(variance, v => v < 0))
-        {
-            throw new FormatException("'runningVariance' holds a negative value.");
-        }
+        double[] mean = state.Array("runningMean"), variance = state.Array("runningVariance", nonNegative: true);
 
         long batches = state.Count("batchesTracked");
         return () =>
@@ -159,22 +207,4 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
         };
     }
 
-    /// <summary>Folds the batch statistics into the running ones: once per block with ghost batches, in block order.</summary>
-    private void UpdateRunningStatistics(NormalizationCache batch)
-    {
-        int blocks = batch.RowBlocks, rows = batch.SegmentValues;
-        double bessel = (double)rows / (rows - 1);
-        Span<double> runningMean = DenseColumns.Data(RunningMean), runningVariance = DenseColumns.Data(RunningVariance);
-        for (int b = 0; b < blocks; b++)
-        {
-            BatchesTracked++;
-            double m = Momentum ?? 1.0 / BatchesTracked;
-            for (int j = 0; j < Features; j++)
-            {
-                int k = (j * blocks) + b;
-                runningMean[j] = ((1 - m) * runningMean[j]) + (m * batch.Mean[k]);
-                runningVariance[j] = ((1 - m) * runningVariance[j]) + (m * batch.Variance[k] * bessel);
-            }
-        }
-    }
 }
