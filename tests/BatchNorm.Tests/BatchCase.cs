@@ -18,7 +18,7 @@ namespace BatchNorm.Tests;
 /// between 1% and 100% of the largest column variance, where the gradient is well conditioned.
 /// Larger batches use the default ε = 1e-5.
 /// </remarks>
-internal sealed record BatchCase(double[][] Columns, double[] Gamma, double[] Beta, double[][] OutputGradient, double Epsilon)
+public sealed record BatchCase(double[][] Columns, double[] Gamma, double[] Beta, double[][] OutputGradient, double Epsilon)
 {
     public const double DefaultEpsilon = 1e-5;
 
@@ -37,7 +37,7 @@ internal sealed record BatchCase(double[][] Columns, double[] Gamma, double[] Be
 
     private static double Variance(double[] c) => c.Select(v => (v - c.Average()) * (v - c.Average())).Average();
 
-    public BatchNormLayer Layer(BackwardStrategy strategy)
+    internal BatchNormLayer Layer(BackwardStrategy strategy)
     {
         var layer = new BatchNormLayer(Features, Epsilon, backward: strategy);
         Vector<double>.Build.DenseOfArray(Gamma).CopyTo(layer.Gamma);
@@ -49,7 +49,7 @@ internal sealed record BatchCase(double[][] Columns, double[] Gamma, double[] Be
         => string.Create(CultureInfo.InvariantCulture, $"N={Rows} D={Features} ε={Epsilon} x={Input.ToMatrixString()} γ=[{string.Join(", ", Gamma)}] β=[{string.Join(", ", Beta)}] dy={Dy.ToMatrixString()}");
 
     /// <summary>Batches with N in [2, 12] and D in [1, 5], offsets in [−100, 100] and spreads in [0.1, 10].</summary>
-    public static Arbitrary<BatchCase> Arbitrary(int minRows = 2, int maxRows = 12, int maxFeatures = 5)
+    internal static Arbitrary<BatchCase> Arbitrary(int minRows = 2, int maxRows = 12, int maxFeatures = 5)
     {
         Gen<double> Uniform(double low, double high)
             => Gen.Choose(0, 1_000_000).Select(k => low + ((high - low) * k / 1_000_000.0));

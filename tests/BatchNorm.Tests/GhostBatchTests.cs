@@ -1,5 +1,4 @@
 using System;
-using FsCheck.Fluent;
 using MathNet.Numerics.LinearAlgebra;
 
 namespace BatchNorm.Tests;
@@ -7,59 +6,40 @@ namespace BatchNorm.Tests;
 /// <summary>Ghost batch normalization: VirtualBatchSize on BatchNormLayer.</summary>
 public class GhostBatchTests
 {
-    public static TheoryData<string> Strategies => new() { "staged", "closed" };
-
-    private static BackwardStrategy Strategy(string name) => name == "staged" ? BackwardStrategy.Staged : BackwardStrategy.ClosedForm;
-
-    /// <summary>Two to four blocks of three to six rows.</summary>
-    private static FsCheck.Arbitrary<(BatchCase Case, int BlockSize)> Cases() => Arb.From(
-        from blocks in Gen.Choose(2, 4)
-        from size in Gen.Choose(3, 6)
-        from c in BatchCase.Arbitrary(minRows: blocks * size, maxRows: blocks * size, maxFeatures: 4).Generator
-        select (c, size));
-
-    [Theory]
-    [MemberData(nameof(Strategies))]
-    public void Ghost_batches_equal_one_layer_run_on_each_block_in_turn(string strategy)
+    [BatchNormProperty(CasesFactor = 3)]
+    public void Ghost_batches_equal_one_layer_run_on_each_block_in_turn(GhostCase t, BackwardStrategy strategy)
     {
-        Properties.Check(Cases(), t =>
+        (BatchCase c, int size) = t;
+        BatchNormLayer ghost = c.Layer(strategy);
+        ghost.VirtualBatchSize = size;
+        BatchNormLayer blockwise = c.Layer(strategy);
+        Matrix<double> y = ghost.Forward(c.Input);
+        Matrix<double> dx = ghost.Backward(c.Dy);
+        Vector<double> dGamma = Vector<double>.Build.Dense(c.Features), dBeta = Vector<double>.Build.Dense(c.Features);
+        for (int start = 0; start < c.Rows; start += size)
         {
-            (BatchCase c, int size) = t;
-            BatchNormLayer ghost = c.Layer(Strategy(strategy));
-            ghost.VirtualBatchSize = size;
-            BatchNormLayer blockwise = c.Layer(Strategy(strategy));
-            Matrix<double> y = ghost.Forward(c.Input);
-            Matrix<double> dx = ghost.Backward(c.Dy);
-            Vector<double> dGamma = Vector<double>.Build.Dense(c.Features), dBeta = Vector<double>.Build.Dense(c.Features);
-            for (int start = 0; start < c.Rows; start += size)
-            {
-                Assert.Equal(blockwise.Forward(c.Input.SubMatrix(start, size, 0, c.Features)), y.SubMatrix(start, size, 0, c.Features));
-                Assert.Equal(blockwise.Backward(c.Dy.SubMatrix(start, size, 0, c.Features)), dx.SubMatrix(start, size, 0, c.Features));
-                dGamma += blockwise.GammaGradient;
-                dBeta += blockwise.BetaGradient;
-            }
+            Assert.Equal(blockwise.Forward(c.Input.SubMatrix(start, size, 0, c.Features)), y.SubMatrix(start, size, 0, c.Features));
+            Assert.Equal(blockwise.Backward(c.Dy.SubMatrix(start, size, 0, c.Features)), dx.SubMatrix(start, size, 0, c.Features));
+            dGamma += blockwise.GammaGradient;
+            dBeta += blockwise.BetaGradient;
+        }
 
-            Assert.True((dGamma - ghost.GammaGradient).AbsoluteMaximum() <= 1e-13 * (1 + dGamma.AbsoluteMaximum()));
-            Assert.True((dBeta - ghost.BetaGradient).AbsoluteMaximum() <= 1e-13 * (1 + dBeta.AbsoluteMaximum()));
-            Assert.Equal(blockwise.RunningMean, ghost.RunningMean);
-            Assert.Equal(blockwise.RunningVariance, ghost.RunningVariance);
-            Assert.Equal(c.Rows / size, ghost.BatchesTracked);
-            Assert.Equal(c.Rows / size, ghost.Cache!.RowBlocks);
-        });
+        Assert.True((dGamma - ghost.GammaGradient).AbsoluteMaximum() <= 1e-13 * (1 + dGamma.AbsoluteMaximum()));
+        Assert.True((dBeta - ghost.BetaGradient).AbsoluteMaximum() <= 1e-13 * (1 + dBeta.AbsoluteMaximum()));
+        Assert.Equal(blockwise.RunningMean, ghost.RunningMean);
+        Assert.Equal(blockwise.RunningVariance, ghost.RunningVariance);
+        Assert.Equal(c.Rows / size, ghost.BatchesTracked);
+        Assert.Equal(c.Rows / size, ghost.Cache!.RowBlocks);
     }
 
-    [Theory]
-    [MemberData(nameof(Strategies))]
-    public void Ghost_backward_matches_central_differences(string strategy)
+    [BatchNormProperty(CasesFactor = 3)]
+    public void Ghost_backward_matches_central_differences(GhostCase t, BackwardStrategy strategy)
     {
-        Properties.Check(Cases(), t =>
-        {
-            (BatchCase c, int size) = t;
-            BatchNormLayer layer = c.Layer(Strategy(strategy));
-            layer.VirtualBatchSize = size;
-            GradientCheckResult errors = GradientCheck.Check(layer, c.Input, c.Dy);
-            Assert.True(errors.Max < 1e-6, $"relative errors dx {errors.Input:E2}, dγ {errors.Gamma:E2}, dβ {errors.Beta:E2}");
-        });
+        (BatchCase c, int size) = t;
+        BatchNormLayer layer = c.Layer(strategy);
+        layer.VirtualBatchSize = size;
+        GradientCheckResult errors = GradientCheck.Check(layer, c.Input, c.Dy);
+        Assert.True(errors.Max < 1e-6, $"relative errors dx {errors.Input:E2}, dγ {errors.Gamma:E2}, dβ {errors.Beta:E2}");
     }
 
     [Fact]

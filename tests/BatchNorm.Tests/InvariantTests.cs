@@ -1,6 +1,5 @@
 using System;
 using System.Linq;
-using FsCheck.Fluent;
 using MathNet.Numerics.LinearAlgebra;
 
 namespace BatchNorm.Tests;
@@ -8,94 +7,79 @@ namespace BatchNorm.Tests;
 /// <summary>Invariants of the forward and backward passes and of the running statistics.</summary>
 public class InvariantTests
 {
-    public static TheoryData<string> Strategies => new() { "staged", "closed" };
-
-    private static BackwardStrategy Strategy(string name) => name == "staged" ? BackwardStrategy.Staged : BackwardStrategy.ClosedForm;
-
-    [Theory]
-    [MemberData(nameof(Strategies))]
-    public void Training_input_gradient_columns_sum_to_zero(string strategy)
+    [BatchNormProperty(CasesFactor = 3)]
+    public void Training_input_gradient_columns_sum_to_zero(TallBatch tall, BackwardStrategy strategy)
     {
-        Properties.Check(BatchCase.Arbitrary(maxRows: 40), c =>
+        BatchCase c = tall.Case;
+        BatchNormLayer layer = c.Layer(strategy);
+        layer.Forward(c.Input);
+        Matrix<double> dx = layer.Backward(c.Dy);
+        for (int j = 0; j < c.Features; j++)
         {
-            BatchNormLayer layer = c.Layer(Strategy(strategy));
-            layer.Forward(c.Input);
-            Matrix<double> dx = layer.Backward(c.Dy);
-            for (int j = 0; j < c.Features; j++)
-            {
-                // Σᵢ dxᵢ = γ·istd·(Σdy − N·mean(dy) − Σx̂·mean(dy·x̂)) = 0, up to rounding of terms of size γ·istd·Σ|dy|.
-                double size = Math.Abs(layer.Gamma[j]) * layer.Cache!.InverseStandardDeviation[j] * c.Dy.Column(j).L1Norm() * 4;
-                Assert.True(Math.Abs(dx.Column(j).Sum()) <= 1e-13 * size * c.Rows, $"column {j} of dx sums to {dx.Column(j).Sum():E3}");
-            }
-        });
+            // Σᵢ dxᵢ = γ·istd·(Σdy − N·mean(dy) − Σx̂·mean(dy·x̂)) = 0, up to rounding of terms of size γ·istd·Σ|dy|.
+            double size = Math.Abs(layer.Gamma[j]) * layer.Cache!.InverseStandardDeviation[j] * c.Dy.Column(j).L1Norm() * 4;
+            Assert.True(Math.Abs(dx.Column(j).Sum()) <= 1e-13 * size * c.Rows, $"column {j} of dx sums to {dx.Column(j).Sum():E3}");
+        }
     }
 
-    [Theory]
-    [MemberData(nameof(Strategies))]
-    public void Beta_gradient_is_the_column_sum_of_the_output_gradient(string strategy)
+    [BatchNormProperty(CasesFactor = 3)]
+    public void Beta_gradient_is_the_column_sum_of_the_output_gradient(TallBatch tall, BackwardStrategy strategy)
     {
-        Properties.Check(BatchCase.Arbitrary(maxRows: 40), c =>
+        BatchCase c = tall.Case;
+        BatchNormLayer layer = c.Layer(strategy);
+        layer.Forward(c.Input);
+        layer.Backward(c.Dy);
+        Vector<double> sums = c.Dy.ColumnSums();
+        for (int j = 0; j < c.Features; j++)
         {
-            BatchNormLayer layer = c.Layer(Strategy(strategy));
-            layer.Forward(c.Input);
-            layer.Backward(c.Dy);
-            Vector<double> sums = c.Dy.ColumnSums();
-            for (int j = 0; j < c.Features; j++)
-            {
-                Assert.True(Math.Abs(layer.BetaGradient[j] - sums[j]) <= 1e-14 * c.Dy.Column(j).L1Norm());
-            }
-        });
+            Assert.True(Math.Abs(layer.BetaGradient[j] - sums[j]) <= 1e-14 * c.Dy.Column(j).L1Norm());
+        }
     }
 
-    [Fact]
-    public void Training_output_columns_have_mean_beta_and_the_predicted_spread()
+    [BatchNormProperty]
+    public void Training_output_columns_have_mean_beta_and_the_predicted_spread(TallBatch tall)
     {
-        Properties.Check(BatchCase.Arbitrary(maxRows: 40), c =>
+        BatchCase c = tall.Case;
+        BatchNormLayer layer = c.Layer(BackwardStrategy.ClosedForm);
+        Matrix<double> y = layer.Forward(c.Input);
+        for (int j = 0; j < c.Features; j++)
         {
-            BatchNormLayer layer = c.Layer(BackwardStrategy.ClosedForm);
-            Matrix<double> y = layer.Forward(c.Input);
-            for (int j = 0; j < c.Features; j++)
-            {
-                double variance = layer.Cache!.Variance[j];
-                double expectedStd = Math.Abs(c.Gamma[j]) * Math.Sqrt(variance / (variance + layer.Epsilon));
-                double mean = y.Column(j).Sum() / c.Rows;
-                double std = Math.Sqrt(y.Column(j).Select(v => (v - mean) * (v - mean)).Sum() / c.Rows);
-                Assert.True(Math.Abs(mean - c.Beta[j]) <= 1e-13 * (Math.Abs(c.Beta[j]) + Math.Abs(c.Gamma[j])), $"column {j}: mean {mean:R}, β {c.Beta[j]:R}");
-                // Each y is rounded to within a few ulps of max |y|, which bounds what the measured spread can resolve:
-                // with β = 1.6 and γ·x̂ near 1e-5 that is 1e-11 of the spread itself.
-                double resolution = 4 * Math.ScaleB(1, -53) * y.Column(j).AbsoluteMaximum();
-                Assert.True(Math.Abs(std - expectedStd) <= (1e-12 * expectedStd) + resolution, $"column {j}: std {std:R}, expected {expectedStd:R}");
-            }
-        });
+            double variance = layer.Cache!.Variance[j];
+            double expectedStd = Math.Abs(c.Gamma[j]) * Math.Sqrt(variance / (variance + layer.Epsilon));
+            double mean = y.Column(j).Sum() / c.Rows;
+            double std = Math.Sqrt(y.Column(j).Select(v => (v - mean) * (v - mean)).Sum() / c.Rows);
+            Assert.True(Math.Abs(mean - c.Beta[j]) <= 1e-13 * (Math.Abs(c.Beta[j]) + Math.Abs(c.Gamma[j])), $"column {j}: mean {mean:R}, β {c.Beta[j]:R}");
+            // Each y is rounded to within a few ulps of max |y|, which bounds what the measured spread can resolve:
+            // with β = 1.6 and γ·x̂ near 1e-5 that is 1e-11 of the spread itself.
+            double resolution = 4 * Math.ScaleB(1, -53) * y.Column(j).AbsoluteMaximum();
+            Assert.True(Math.Abs(std - expectedStd) <= (1e-12 * expectedStd) + resolution, $"column {j}: std {std:R}, expected {expectedStd:R}");
+        }
     }
 
-    [Fact]
-    public void Inference_forward_leaves_the_running_statistics_untouched()
+    [BatchNormProperty]
+    public void Inference_forward_leaves_the_running_statistics_untouched(BatchCase c)
     {
-        Properties.Check(BatchCase.Arbitrary(), c =>
+        BatchNormLayer layer = c.Layer(BackwardStrategy.ClosedForm);
+        layer.Forward(c.Input);
+        layer.Forward(c.Input.Multiply(2));
+        layer.IsTraining = false;
+        double[] mean = layer.RunningMean.ToArray(), variance = layer.RunningVariance.ToArray();
+        long batches = layer.BatchesTracked;
+
+        Matrix<double> y = layer.Forward(c.Input);
+
+        Assert.Equal(mean, layer.RunningMean.ToArray());
+        Assert.Equal(variance, layer.RunningVariance.ToArray());
+        Assert.Equal(batches, layer.BatchesTracked);
+        for (int j = 0; j < c.Features; j++)
         {
-            BatchNormLayer layer = c.Layer(BackwardStrategy.ClosedForm);
-            layer.Forward(c.Input);
-            layer.Forward(c.Input.Multiply(2));
-            layer.IsTraining = false;
-            double[] mean = layer.RunningMean.ToArray(), variance = layer.RunningVariance.ToArray();
-            long batches = layer.BatchesTracked;
-
-            Matrix<double> y = layer.Forward(c.Input);
-
-            Assert.Equal(mean, layer.RunningMean.ToArray());
-            Assert.Equal(variance, layer.RunningVariance.ToArray());
-            Assert.Equal(batches, layer.BatchesTracked);
-            for (int j = 0; j < c.Features; j++)
+            double scale = c.Gamma[j] / Math.Sqrt(variance[j] + layer.Epsilon);
+            for (int i = 0; i < c.Rows; i++)
             {
-                double scale = c.Gamma[j] / Math.Sqrt(variance[j] + layer.Epsilon);
-                for (int i = 0; i < c.Rows; i++)
-                {
-                    double expected = ((c.Input[i, j] - mean[j]) * scale) + c.Beta[j];
-                    Assert.True(Math.Abs(y[i, j] - expected) <= 1e-13 * (Math.Abs(expected) + Math.Abs(c.Input[i, j] * scale)));
-                }
+                double expected = ((c.Input[i, j] - mean[j]) * scale) + c.Beta[j];
+                Assert.True(Math.Abs(y[i, j] - expected) <= 1e-13 * (Math.Abs(expected) + Math.Abs(c.Input[i, j] * scale)));
             }
-        });
+        }
     }
 
     [Fact]
@@ -116,27 +100,24 @@ public class InvariantTests
         Assert.Equal(1 / Math.Sqrt(1.1 + 1e-5), dx[0, 0], 1e-14);
     }
 
-    [Fact]
-    public void Cumulative_momentum_is_the_plain_mean_of_the_batch_statistics()
+    [BatchNormProperty]
+    public void Cumulative_momentum_is_the_plain_mean_of_the_batch_statistics(BatchSequence sequence)
     {
-        var batches = Gen(minRows: 2, maxRows: 9);
-        Properties.Check(batches, list =>
+        BatchCase[] list = sequence.Batches;
+        var layer = new BatchNormLayer(list[0].Features, momentum: null);
+        foreach (BatchCase c in list)
         {
-            var layer = new BatchNormLayer(list[0].Features, momentum: null);
-            foreach (BatchCase c in list)
-            {
-                layer.Forward(c.Input);
-            }
+            layer.Forward(c.Input);
+        }
 
-            Assert.Equal(list.Length, layer.BatchesTracked);
-            for (int j = 0; j < layer.Features; j++)
-            {
-                double meanOfMeans = list.Average(c => c.Columns[j].Average());
-                double meanOfVariances = list.Average(c => UnbiasedVariance(c.Columns[j]));
-                Assert.True(Math.Abs(layer.RunningMean[j] - meanOfMeans) <= 1e-12 * list.Max(c => c.Columns[j].Max(Math.Abs)));
-                Assert.True(Math.Abs(layer.RunningVariance[j] - meanOfVariances) <= 1e-12 * meanOfVariances);
-            }
-        });
+        Assert.Equal(list.Length, layer.BatchesTracked);
+        for (int j = 0; j < layer.Features; j++)
+        {
+            double meanOfMeans = list.Average(c => c.Columns[j].Average());
+            double meanOfVariances = list.Average(c => UnbiasedVariance(c.Columns[j]));
+            Assert.True(Math.Abs(layer.RunningMean[j] - meanOfMeans) <= 1e-12 * list.Max(c => c.Columns[j].Max(Math.Abs)));
+            Assert.True(Math.Abs(layer.RunningVariance[j] - meanOfVariances) <= 1e-12 * meanOfVariances);
+        }
     }
 
     [Fact]
@@ -211,15 +192,5 @@ public class InvariantTests
     {
         double mean = values.Average();
         return values.Sum(v => (v - mean) * (v - mean)) / (values.Length - 1);
-    }
-
-    /// <summary>One to six batches of the same width.</summary>
-    private static FsCheck.Arbitrary<BatchCase[]> Gen(int minRows, int maxRows)
-    {
-        FsCheck.Gen<BatchCase> one = BatchCase.Arbitrary(minRows, maxRows, maxFeatures: 1).Generator;
-        return FsCheck.Fluent.Arb.From(
-            from count in FsCheck.Fluent.Gen.Choose(1, 6)
-            from batches in one.ArrayOf(count)
-            select batches);
     }
 }

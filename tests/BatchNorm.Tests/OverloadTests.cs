@@ -8,29 +8,23 @@ namespace BatchNorm.Tests;
 /// <summary>The destination overloads, in-place use, changing batch sizes and non-dense matrices.</summary>
 public class OverloadTests
 {
-    [Theory]
-    [InlineData(true, "closed")]
-    [InlineData(false, "closed")]
-    [InlineData(true, "staged")]
-    public void Destination_overloads_match_the_allocating_ones_as_the_batch_size_changes(bool training, string strategy)
+    [BatchNormProperty(CasesFactor = 6)]
+    public void Destination_overloads_match_the_allocating_ones_as_the_batch_size_changes(ResizingBatches batches, bool training, BackwardStrategy s)
     {
-        BackwardStrategy s = strategy == "staged" ? BackwardStrategy.Staged : BackwardStrategy.ClosedForm;
-        Properties.Check(FsCheck.Fluent.Arb.From(FsCheck.Fluent.Gen.ArrayOf(BatchCase.Arbitrary(maxFeatures: 3).Generator, 3)), cases =>
+        BatchCase[] cases = batches.Cases;
+        int d = cases.Min(c => c.Features);
+        var allocating = new BatchNormLayer(d, backward: s) { IsTraining = training };
+        var destination = new BatchNormLayer(d, backward: s) { IsTraining = training };
+        foreach (BatchCase c in cases)
         {
-            int d = cases.Min(c => c.Features);
-            var allocating = new BatchNormLayer(d, backward: s) { IsTraining = training };
-            var destination = new BatchNormLayer(d, backward: s) { IsTraining = training };
-            foreach (BatchCase c in cases)
-            {
-                Matrix<double> x = c.Input.SubMatrix(0, c.Rows, 0, d), dy = c.Dy.SubMatrix(0, c.Rows, 0, d);
-                Matrix<double> y = Matrix<double>.Build.Dense(c.Rows, d, double.NaN), dx = Matrix<double>.Build.Dense(c.Rows, d, double.NaN);
-                Assert.Equal(allocating.Forward(x), Pipe(() => destination.Forward(x, y), y));
-                Assert.Equal(allocating.Backward(dy), Pipe(() => destination.Backward(dy, dx), dx));
-                Assert.Equal(allocating.GammaGradient, destination.GammaGradient);
-                Assert.Equal(allocating.BetaGradient, destination.BetaGradient);
-                Assert.Equal(allocating.RunningVariance, destination.RunningVariance);
-            }
-        });
+            Matrix<double> x = c.Input.SubMatrix(0, c.Rows, 0, d), dy = c.Dy.SubMatrix(0, c.Rows, 0, d);
+            Matrix<double> y = Matrix<double>.Build.Dense(c.Rows, d, double.NaN), dx = Matrix<double>.Build.Dense(c.Rows, d, double.NaN);
+            Assert.Equal(allocating.Forward(x), Pipe(() => destination.Forward(x, y), y));
+            Assert.Equal(allocating.Backward(dy), Pipe(() => destination.Backward(dy, dx), dx));
+            Assert.Equal(allocating.GammaGradient, destination.GammaGradient);
+            Assert.Equal(allocating.BetaGradient, destination.BetaGradient);
+            Assert.Equal(allocating.RunningVariance, destination.RunningVariance);
+        }
     }
 
     [Fact]

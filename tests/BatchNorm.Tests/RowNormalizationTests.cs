@@ -1,8 +1,6 @@
 using System;
 using System.Globalization;
 using System.Linq;
-using FsCheck;
-using FsCheck.Fluent;
 using MathNet.Numerics.LinearAlgebra;
 
 namespace BatchNorm.Tests;
@@ -10,71 +8,34 @@ namespace BatchNorm.Tests;
 /// <summary>LayerNormLayer and GroupNormLayer.</summary>
 public class RowNormalizationTests
 {
-    /// <summary>A batch for a group norm: N rows, G groups of C features, per-feature offsets and spreads, γ, β and dy.</summary>
-    internal sealed record RowCase(int Groups, Matrix<double> X, Matrix<double> Dy, double[] Gamma, double[] Beta)
-    {
-        public override string ToString() => string.Create(CultureInfo.InvariantCulture, $"G={Groups} x={X.ToMatrixString()} dy={Dy.ToMatrixString()} γ=[{string.Join(", ", Gamma)}] β=[{string.Join(", ", Beta)}]");
-    }
-
-    /// <summary>
-    /// Group sizes 1, 3, 4 or 5. (With two features per group x̂ = ±√(σ²/(σ²+ε)), and dx is below what central
-    /// differences can resolve, exactly as for two-row batch norm; that case is checked separately with a large ε.)
-    /// </summary>
-    internal static Arbitrary<RowCase> Cases(bool allowTwo = false) => Arb.From(
-        from rows in Gen.Choose(1, 6)
-        from groups in Gen.Choose(1, 3)
-        from size in Gen.Elements(allowTwo ? new[] { 2 } : new[] { 1, 3, 4, 5 })
-        from offsets in Gen.Choose(-1000, 1000).Select(k => allowTwo ? 0 : k / 10.0).ArrayOf(groups * size)
-        from values in Gen.Choose(-1000, 1000).Select(k => k / 100.0).ArrayOf(rows * groups * size)
-        from gradient in Gen.Choose(-1000, 1000).Select(k => k / 1000.0).ArrayOf(rows * groups * size)
-        from gamma in Gen.Choose(200, 3000).Select(k => k / 1000.0).ArrayOf(groups * size)
-        from beta in Gen.Choose(-2000, 2000).Select(k => k / 1000.0).ArrayOf(groups * size)
-        select new RowCase(
-            groups,
-            Matrix<double>.Build.Dense(rows, groups * size, (i, j) => offsets[j] + values[(i * groups * size) + j]),
-            Matrix<double>.Build.Dense(rows, groups * size, (i, j) => gradient[(i * groups * size) + j]),
-            gamma,
-            beta));
-
-    private static GroupNormLayer Layer(RowCase c, BackwardStrategy strategy, double epsilon = 1e-5)
-    {
-        var layer = new GroupNormLayer(c.X.ColumnCount, c.Groups, epsilon, strategy);
-        Vector<double>.Build.DenseOfArray(c.Gamma).CopyTo(layer.Gamma);
-        Vector<double>.Build.DenseOfArray(c.Beta).CopyTo(layer.Beta);
-        return layer;
-    }
-
     public static TheoryData<string> Strategies => new() { "staged", "closed" };
 
-    private static BackwardStrategy Strategy(string name) => name == "staged" ? BackwardStrategy.Staged : BackwardStrategy.ClosedForm;
+    private static BackwardStrategy Strategy(string name) => ContractTests.Strategy(name);
 
-    [Theory]
-    [MemberData(nameof(Strategies))]
-    public void Group_norm_backward_matches_central_differences(string strategy)
-    {
-        Properties.Check(Cases(), c => CheckGradients(Layer(c, Strategy(strategy)), c));
-    }
+    [BatchNormProperty(CasesFactor = 3)]
+    public void Group_norm_backward_matches_central_differences(RowCase c, BackwardStrategy strategy)
+        => CheckGradients(c.Layer(strategy), c);
 
-    [Theory]
-    [MemberData(nameof(Strategies))]
-    public void Two_features_per_group_with_an_epsilon_near_the_spread(string strategy)
+    [BatchNormProperty(CasesFactor = 3)]
+    public void Two_features_per_group_with_an_epsilon_near_the_spread(TwoPerGroup t, BackwardStrategy strategy)
     {
         // Values within ±10 of zero, so σ² ≤ 100 and ε = 10 keeps ε/(σ² + ε) above 0.09.
-        Properties.Check(Cases(allowTwo: true), c => CheckGradients(Layer(c, Strategy(strategy), epsilon: 10), c));
+        CheckGradients(t.Case.Layer(strategy, epsilon: 10), t.Case);
     }
 
-    [Theory]
-    [MemberData(nameof(Strategies))]
-    public void Layer_norm_backward_matches_central_differences(string strategy)
+    [BatchNormProperty(CasesFactor = 3)]
+    public void Layer_norm_backward_matches_central_differences(RowCase c, BackwardStrategy strategy)
     {
         // Two features in a row are the two-element case, covered above with a suitable ε.
-        Properties.Check(Arb.From(Cases().Generator.Where(c => c.X.ColumnCount != 2)), c =>
+        if (c.X.ColumnCount == 2)
         {
-            var layer = new LayerNormLayer(c.X.ColumnCount, backward: Strategy(strategy));
-            Vector<double>.Build.DenseOfArray(c.Gamma).CopyTo(layer.Gamma);
-            Vector<double>.Build.DenseOfArray(c.Beta).CopyTo(layer.Beta);
-            CheckGradients(layer, c);
-        });
+            return;
+        }
+
+        var layer = new LayerNormLayer(c.X.ColumnCount, backward: strategy);
+        Vector<double>.Build.DenseOfArray(c.Gamma).CopyTo(layer.Gamma);
+        Vector<double>.Build.DenseOfArray(c.Beta).CopyTo(layer.Beta);
+        CheckGradients(layer, c);
     }
 
     [Theory]
@@ -113,46 +74,40 @@ public class RowNormalizationTests
         Assert.True(elementWise >= 20 * floored, $"element-wise {elementWise:E2}, with the floor {floored:E2}");
     }
 
-    [Fact]
-    public void Group_norm_with_one_group_equals_layer_norm()
+    [BatchNormProperty]
+    public void Group_norm_with_one_group_equals_layer_norm(RowCase c)
     {
-        Properties.Check(Cases(), c =>
-        {
-            var group = new GroupNormLayer(c.X.ColumnCount, 1);
-            var layer = new LayerNormLayer(c.X.ColumnCount);
-            Vector<double>.Build.DenseOfArray(c.Gamma).CopyTo(group.Gamma);
-            Vector<double>.Build.DenseOfArray(c.Gamma).CopyTo(layer.Gamma);
-            Vector<double>.Build.DenseOfArray(c.Beta).CopyTo(group.Beta);
-            Vector<double>.Build.DenseOfArray(c.Beta).CopyTo(layer.Beta);
-            Assert.Equal(layer.Forward(c.X), group.Forward(c.X));
-            Assert.Equal(layer.Backward(c.Dy), group.Backward(c.Dy));
-            Assert.Equal(layer.GammaGradient, group.GammaGradient);
-            Assert.Equal(layer.BetaGradient, group.BetaGradient);
-        });
+        var group = new GroupNormLayer(c.X.ColumnCount, 1);
+        var layer = new LayerNormLayer(c.X.ColumnCount);
+        Vector<double>.Build.DenseOfArray(c.Gamma).CopyTo(group.Gamma);
+        Vector<double>.Build.DenseOfArray(c.Gamma).CopyTo(layer.Gamma);
+        Vector<double>.Build.DenseOfArray(c.Beta).CopyTo(group.Beta);
+        Vector<double>.Build.DenseOfArray(c.Beta).CopyTo(layer.Beta);
+        Assert.Equal(layer.Forward(c.X), group.Forward(c.X));
+        Assert.Equal(layer.Backward(c.Dy), group.Backward(c.Dy));
+        Assert.Equal(layer.GammaGradient, group.GammaGradient);
+        Assert.Equal(layer.BetaGradient, group.BetaGradient);
     }
 
-    [Fact]
-    public void Each_group_of_each_row_has_mean_beta_free_zero_and_unit_spread()
+    [BatchNormProperty]
+    public void Each_group_of_each_row_has_mean_beta_free_zero_and_unit_spread(RowCase c)
     {
-        Properties.Check(Cases(), c =>
+        var layer = new GroupNormLayer(c.X.ColumnCount, c.Groups, epsilon: 1e-12);
+        Matrix<double> y = layer.Forward(c.X);
+        int size = c.X.ColumnCount / c.Groups;
+        for (int i = 0; i < c.X.RowCount; i++)
         {
-            var layer = new GroupNormLayer(c.X.ColumnCount, c.Groups, epsilon: 1e-12);
-            Matrix<double> y = layer.Forward(c.X);
-            int size = c.X.ColumnCount / c.Groups;
-            for (int i = 0; i < c.X.RowCount; i++)
+            for (int g = 0; g < c.Groups; g++)
             {
-                for (int g = 0; g < c.Groups; g++)
-                {
-                    double[] group = Enumerable.Range(g * size, size).Select(j => y[i, j]).ToArray();
-                    double[] source = Enumerable.Range(g * size, size).Select(j => c.X[i, j]).ToArray();
-                    double mean = group.Average();
-                    double variance = group.Select(v => (v - mean) * (v - mean)).Average();
-                    bool constant = source.All(v => v == source[0]);
-                    Assert.True(Math.Abs(mean) < 1e-12, $"row {i} group {g}: mean {mean}");
-                    Assert.True(constant ? variance == 0 : Math.Abs(variance - 1) < 1e-9, $"row {i} group {g}: variance {variance}");
-                }
+                double[] group = Enumerable.Range(g * size, size).Select(j => y[i, j]).ToArray();
+                double[] source = Enumerable.Range(g * size, size).Select(j => c.X[i, j]).ToArray();
+                double mean = group.Average();
+                double variance = group.Select(v => (v - mean) * (v - mean)).Average();
+                bool constant = source.All(v => v == source[0]);
+                Assert.True(Math.Abs(mean) < 1e-12, $"row {i} group {g}: mean {mean}");
+                Assert.True(constant ? variance == 0 : Math.Abs(variance - 1) < 1e-9, $"row {i} group {g}: variance {variance}");
             }
-        });
+        }
     }
 
     [Fact]

@@ -2,7 +2,6 @@ using System;
 using System.Linq;
 using System.Threading;
 using System.Threading.Tasks;
-using FsCheck.Fluent;
 using MathNet.Numerics.LinearAlgebra;
 
 namespace BatchNorm.Tests;
@@ -14,51 +13,41 @@ public class SynchronizedTests
 
     private static BackwardStrategy Strategy(string name) => ContractTests.Strategy(name);
 
-    [Theory]
-    [MemberData(nameof(Strategies))]
-    public void K_workers_on_threads_match_one_layer_on_the_concatenated_batch(string strategyName)
+    [BatchNormProperty(CasesFactor = 3)]
+    public void K_workers_on_threads_match_one_layer_on_the_concatenated_batch(ShardedCase t, BackwardStrategy strategy)
     {
-        BackwardStrategy strategy = Strategy(strategyName);
-        var cases = Arb.From(
-            from workers in Gen.Choose(2, 4)
-            from c in BatchCase.Arbitrary(minRows: 8, maxRows: 24, maxFeatures: 4).Generator
-            from cuts in Gen.Choose(0, c.Rows).ArrayOf(workers - 1)
-            select (c, cuts.Order().ToArray()));
-        Properties.Check(cases, t =>
+        // Cuts may coincide or sit at either end: workers with no rows take part too.
+        BatchCase c = t.Case;
+        int[] bounds = t.Bounds;
+        BatchNormLayer whole = c.Layer(strategy);
+        using Workers workers = new(bounds.Length - 1, r => c.Layer(strategy));
+        for (int step = 0; step < 2; step++)
         {
-            // Cuts may coincide or sit at either end: workers with no rows take part too.
-            (BatchCase c, int[] cuts) = t;
-            int[] bounds = [0, .. cuts, c.Rows];
-            BatchNormLayer whole = c.Layer(strategy);
-            using Workers workers = new(bounds.Length - 1, r => c.Layer(strategy));
-            for (int step = 0; step < 2; step++)
+            Matrix<double> x = c.Input.Multiply(step + 1), dy = c.Dy;
+            Matrix<double> y = whole.Forward(x), dx = whole.Backward(dy);
+            (Matrix<double> Y, Matrix<double> Dx)[] results = workers.Each<(Matrix<double> Y, Matrix<double> Dx)>(r => (layer, rows) =>
             {
-                Matrix<double> x = c.Input.Multiply(step + 1), dy = c.Dy;
-                Matrix<double> y = whole.Forward(x), dx = whole.Backward(dy);
-                (Matrix<double> Y, Matrix<double> Dx)[] results = workers.Each<(Matrix<double> Y, Matrix<double> Dx)>(r => (layer, rows) =>
-                {
-                    Matrix<double> yr = layer.Forward(rows(x));
-                    return (yr, layer.Backward(rows(dy)));
-                }, bounds);
+                Matrix<double> yr = layer.Forward(rows(x));
+                return (yr, layer.Backward(rows(dy)));
+            }, bounds);
 
-                for (int r = 0; r < workers.Count; r++)
-                {
-                    BatchNormLayer layer = workers.Layers[r];
-                    int rows = bounds[r + 1] - bounds[r];
-                    AssertClose(y.SubMatrix(bounds[r], rows, 0, c.Features), results[r].Y);
-                    AssertClose(dx.SubMatrix(bounds[r], rows, 0, c.Features), results[r].Dx);
-                    AssertClose(whole.GammaGradient.ToColumnMatrix(), layer.GammaGradient.ToColumnMatrix());
-                    AssertClose(whole.BetaGradient.ToColumnMatrix(), layer.BetaGradient.ToColumnMatrix());
-                    AssertClose(whole.RunningMean.ToColumnMatrix(), layer.RunningMean.ToColumnMatrix());
-                    AssertClose(whole.RunningVariance.ToColumnMatrix(), layer.RunningVariance.ToColumnMatrix());
-                    Assert.Equal(whole.BatchesTracked, layer.BatchesTracked);
+            for (int r = 0; r < workers.Count; r++)
+            {
+                BatchNormLayer layer = workers.Layers[r];
+                int rows = bounds[r + 1] - bounds[r];
+                AssertClose(y.SubMatrix(bounds[r], rows, 0, c.Features), results[r].Y);
+                AssertClose(dx.SubMatrix(bounds[r], rows, 0, c.Features), results[r].Dx);
+                AssertClose(whole.GammaGradient.ToColumnMatrix(), layer.GammaGradient.ToColumnMatrix());
+                AssertClose(whole.BetaGradient.ToColumnMatrix(), layer.BetaGradient.ToColumnMatrix());
+                AssertClose(whole.RunningMean.ToColumnMatrix(), layer.RunningMean.ToColumnMatrix());
+                AssertClose(whole.RunningVariance.ToColumnMatrix(), layer.RunningVariance.ToColumnMatrix());
+                Assert.Equal(whole.BatchesTracked, layer.BatchesTracked);
 
-                    // Every worker merges the same gathered values in the same order: the shared results are bit-identical.
-                    Assert.Equal(workers.Layers[0].GammaGradient, layer.GammaGradient);
-                    Assert.Equal(workers.Layers[0].RunningVariance, layer.RunningVariance);
-                }
+                // Every worker merges the same gathered values in the same order: the shared results are bit-identical.
+                Assert.Equal(workers.Layers[0].GammaGradient, layer.GammaGradient);
+                Assert.Equal(workers.Layers[0].RunningVariance, layer.RunningVariance);
             }
-        });
+        }
     }
 
     public static TheoryData<string, int> TwoRowSplits => new()
