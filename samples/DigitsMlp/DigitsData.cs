@@ -9,8 +9,8 @@ using MathNet.Numerics.LinearAlgebra;
 namespace DigitsMlp;
 
 /// <summary>
-/// The UCI optical handwritten digits (1,797 images of 8×8 pixels, 10 classes), read from the gzip-compressed
-/// CSV that ships with the sample: 64 pixel counts 0–16, then the label 0–9, one image per line.
+/// The UCI optical handwritten digits (1,797 images of 8×8 pixels, 10 classes), read from the CSV that ships with the
+/// sample, gzip-compressed or plain: 64 pixel counts 0–16, then the label 0–9, one image per line.
 /// </summary>
 public sealed class DigitsData
 {
@@ -38,14 +38,19 @@ public sealed class DigitsData
     /// <summary>Gets the path of the copy next to the program.</summary>
     public static string DefaultPath => Path.Combine(AppContext.BaseDirectory, "data", "digits.csv.gz");
 
-    /// <summary>Reads the data set.</summary>
-    /// <param name="path">A .csv.gz file.</param>
+    /// <summary>Reads the data set from a .csv or .csv.gz file (told apart by content, not by name).</summary>
+    /// <param name="path">The file.</param>
     /// <returns>The images and labels.</returns>
-    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
-    /// <exception cref="InvalidDataException">The file is not gzip, or a line is malformed; the message gives the line.</exception>
+    /// <exception cref="FileNotFoundException">The file does not exist, or the path is a folder.</exception>
+    /// <exception cref="InvalidDataException">The gzip stream is damaged, or a line is malformed; the message gives the line.</exception>
     public static DigitsData Load(string path)
     {
         ArgumentNullException.ThrowIfNull(path);
+        if (Directory.Exists(path))
+        {
+            throw new FileNotFoundException($"'{path}' is a folder; --data needs the digits file itself (.csv or .csv.gz).", path);
+        }
+
         if (!File.Exists(path))
         {
             throw new FileNotFoundException($"The digits data file was not found at '{path}'.", path);
@@ -54,8 +59,10 @@ public sealed class DigitsData
         var images = new List<double[]>();
         var labels = new List<int>();
         using FileStream file = File.OpenRead(path);
-        using var gzip = new GZipStream(file, CompressionMode.Decompress);
-        using var reader = new StreamReader(gzip);
+        bool gzipped = file.ReadByte() == 0x1f && file.ReadByte() == 0x8b;
+        file.Position = 0;
+        using Stream text = gzipped ? new GZipStream(file, CompressionMode.Decompress) : file;
+        using var reader = new StreamReader(text);
         int lineNumber = 0;
         while (ReadLine(reader, path) is { } line)
         {
@@ -136,7 +143,7 @@ public sealed class DigitsData
         }
         catch (InvalidDataException e)
         {
-            throw new InvalidDataException($"{path}: not a gzip-compressed CSV file ({e.Message})", e);
+            throw new InvalidDataException($"{path}: the gzip-compressed data is damaged ({e.Message})", e);
         }
     }
 

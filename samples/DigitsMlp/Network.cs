@@ -75,16 +75,6 @@ public sealed class Network
     private readonly INormalizationLayer?[] _norms;
     private readonly Matrix<double>?[] _reluMasks = new Matrix<double>?[2];
 
-    /// <summary>Creates the network with batch norm in both slots, or none.</summary>
-    /// <param name="hidden">The widths of the two hidden layers.</param>
-    /// <param name="batchNorm">Whether to insert the BatchNorm layers.</param>
-    /// <param name="strategy">The backward strategy of the BatchNorm layers.</param>
-    /// <param name="seed">The seed of the initial weights.</param>
-    public Network((int First, int Second) hidden, bool batchNorm, BackwardStrategy strategy, int seed)
-        : this(hidden, batchNorm ? features => new BatchNormLayer(features, backward: strategy) : null, seed)
-    {
-    }
-
     /// <summary>Creates the network with whatever normalization <paramref name="normalization"/> makes for each slot.</summary>
     /// <param name="hidden">The widths of the two hidden layers.</param>
     /// <param name="normalization">Makes the layer for a slot of the given width; null for a network without normalization.</param>

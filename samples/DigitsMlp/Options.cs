@@ -1,84 +1,105 @@
 using System;
-using System.Globalization;
+using System.Collections.Generic;
+using System.CommandLine;
+using System.Linq;
 using BatchNorm;
 
 namespace DigitsMlp;
 
-/// <summary>The command line of the sample.</summary>
+/// <summary>The demo's settings, read from its command line by <see cref="Command"/>.</summary>
 public sealed record Options
 {
-    /// <summary>The usage text.</summary>
-    public const string Usage = """
-        Usage: DigitsMlp [options]
-          --epochs N               epochs per run (default 30)
-          --seed N                 seed for the split, the weights and the batch order (default 1)
-          --strategy staged|closed BatchNorm backward strategy used in training (default closed)
-          --out DIR                where to write learning-curves.svg and learning-curves.csv (default ./out)
-          --data FILE              the digits .csv.gz file (default: the copy next to the program)
-          --check                  run GradientCheck on BatchNormLayer with both strategies and exit
-          --help                   show this text
-        """;
-
     /// <summary>Gets the number of epochs per run.</summary>
     public int Epochs { get; init; } = 30;
 
-    /// <summary>Gets the seed.</summary>
+    /// <summary>Gets the seed of the split, the weights and the batch order.</summary>
     public int Seed { get; init; } = 1;
 
-    /// <summary>Gets the backward strategy.</summary>
+    /// <summary>Gets the backward strategy of the normalization layers.</summary>
     public BackwardStrategy Strategy { get; init; } = BackwardStrategy.ClosedForm;
 
-    /// <summary>Gets the output directory.</summary>
+    /// <summary>Gets the normalizations to compare; each is trained at both learning rates.</summary>
+    public IReadOnlyList<Normalization> Norms { get; init; } = [Normalization.Parse("batch"), Normalization.Parse("none")];
+
+    /// <summary>Gets the folder for the charts and the CSV.</summary>
     public string OutputDirectory { get; init; } = "out";
 
     /// <summary>Gets the data file.</summary>
     public string DataPath { get; init; } = DigitsData.DefaultPath;
 
-    /// <summary>Gets a value indicating whether to run the gradient check only.</summary>
+    /// <summary>Gets whether to run the gradient check only.</summary>
     public bool Check { get; init; }
 
-    /// <summary>Gets a value indicating whether to print the usage only.</summary>
-    public bool Help { get; init; }
+    /// <summary>Gets whether to print the staged pass's intermediate gradients for a small batch only.</summary>
+    public bool Trace { get; init; }
 
-    /// <summary>Parses the arguments.</summary>
-    /// <param name="args">The command line.</param>
-    /// <returns>The options.</returns>
-    /// <exception cref="ArgumentException">An option is unknown, lacks its value or has a bad one.</exception>
+    /// <summary>Parses a command line, for tests and tools: the settings, or the first error.</summary>
+    /// <param name="args">The arguments.</param>
+    /// <returns>The settings.</returns>
+    /// <exception cref="ArgumentException">An option is unknown, lacks its value or has a bad one; the message says which.</exception>
     public static Options Parse(string[] args)
     {
         ArgumentNullException.ThrowIfNull(args);
-        var options = new Options();
-        for (int i = 0; i < args.Length; i++)
+        Options? options = null;
+        RootCommand command = Command(o =>
         {
-            string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value.");
-            options = args[i] switch
-            {
-                "--epochs" => options with { Epochs = PositiveInt("--epochs", Value()) },
-                "--seed" => options with { Seed = Int("--seed", Value()) },
-                "--strategy" => options with { Strategy = ParseStrategy(Value()) },
-                "--out" => options with { OutputDirectory = Value() },
-                "--data" => options with { DataPath = Value() },
-                "--check" => options with { Check = true },
-                "--help" or "-h" => options with { Help = true },
-                _ => throw new ArgumentException($"Unknown option '{args[i]}'."),
-            };
+            options = o;
+            return 0;
+        });
+        ParseResult result = command.Parse(args);
+        if (result.Errors.Count > 0)
+        {
+            throw new ArgumentException(result.Errors[0].Message);
         }
 
-        return options;
+        result.Invoke();
+        return options ?? throw new ArgumentException("no settings were read");
     }
 
-    private static BackwardStrategy ParseStrategy(string name) => name switch
+    /// <summary>The command line of the demo, with <paramref name="run"/> as what it does with the settings it reads.</summary>
+    /// <param name="run">Runs the demo and returns its exit code.</param>
+    /// <returns>The root command.</returns>
+    public static RootCommand Command(Func<Options, int> run)
     {
-        "staged" => BackwardStrategy.Staged,
-        "closed" => BackwardStrategy.ClosedForm,
-        _ => throw new ArgumentException($"--strategy must be 'staged' or 'closed', not '{name}'."),
-    };
-
-    private static int Int(string option, string text)
-        => int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int value)
-            ? value
-            : throw new ArgumentException($"{option} needs an integer, not '{text}'.");
-
-    private static int PositiveInt(string option, string text)
-        => Int(option, text) is > 0 and var value ? value : throw new ArgumentException($"{option} must be at least 1, not '{text}'.");
+        var epochs = new Option<int>("--epochs") { Description = "Epochs per run.", DefaultValueFactory = _ => 30 };
+        epochs.Validators.Add(r =>
+        {
+            if (r.GetValueOrDefault<int>() < 1)
+            {
+                r.AddError("--epochs must be at least 1.");
+            }
+        });
+        var seed = new Option<int>("--seed") { Description = "Seed of the split, the weights and the batch order.", DefaultValueFactory = _ => 1 };
+        var strategy = new Option<string>("--strategy") { Description = "Backward strategy of the normalization layers.", DefaultValueFactory = _ => "closed" };
+        strategy.AcceptOnlyFromAmong("closed", "staged");
+        var norm = new Option<string[]>("--norm")
+        {
+            Description = "Normalizations to compare, each at learning rates 0.05 and 1.5.",
+            AllowMultipleArgumentsPerToken = true,
+            DefaultValueFactory = _ => ["batch", "none"],
+        };
+        norm.AcceptOnlyFromAmong([.. Normalization.All.Select(n => n.Key)]);
+        var output = new Option<string>("--out") { Description = "Folder for learning-curves.png, .svg and .csv.", DefaultValueFactory = _ => "out" };
+        var data = new Option<string>("--data") { Description = "The digits file, .csv or .csv.gz [default: the copy next to the program]." };
+        var check = new Option<bool>("--check") { Description = "Check each --norm's gradients against central differences, with both strategies, and exit." };
+        var trace = new Option<bool>("--trace") { Description = "Print the staged backward pass node by node for a 4×3 batch, as the CS231n notebook does, and exit." };
+        var command = new RootCommand(
+            "Trains a hand-written MLP on the UCI digits with each chosen normalization and without, at a normal and a high learning rate, "
+            + "and writes learning curves (PNG, SVG, CSV).")
+        {
+            epochs, seed, strategy, norm, output, data, check, trace,
+        };
+        command.SetAction(parsed => run(new Options
+        {
+            Epochs = parsed.GetValue(epochs),
+            Seed = parsed.GetValue(seed),
+            Strategy = parsed.GetValue(strategy) == "staged" ? BackwardStrategy.Staged : BackwardStrategy.ClosedForm,
+            Norms = [.. parsed.GetValue(norm)!.Distinct().Select(Normalization.Parse)],
+            OutputDirectory = parsed.GetValue(output)!,
+            DataPath = parsed.GetValue(data) ?? DigitsData.DefaultPath,
+            Check = parsed.GetValue(check),
+            Trace = parsed.GetValue(trace),
+        }));
+        return command;
+    }
 }

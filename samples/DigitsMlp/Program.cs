@@ -1,124 +1,159 @@
 using System;
 using System.Collections.Generic;
+using System.CommandLine;
 using System.Globalization;
 using System.IO;
 using System.Linq;
 using System.Text;
-using BatchNorm;
 using DigitsMlp;
-using MathNet.Numerics.LinearAlgebra;
 
-// The main demo: the same hand-written MLP trained on the UCI digits with and without batch norm,
+// The main demo: the same hand-written MLP trained on the UCI digits with each chosen normalization and without,
 // each at a normal and at a high learning rate. See README.md for what it shows.
-Options options;
-try
+RootCommand command = Options.Command(Run);
+ParseResult parsed = command.Parse(args);
+if (parsed.Errors.Count > 0)
 {
-    options = Options.Parse(args);
-}
-catch (ArgumentException e)
-{
-    Console.Error.WriteLine(e.Message);
-    Console.Error.WriteLine(Options.Usage);
+    foreach (var error in parsed.Errors)
+    {
+        Console.Error.WriteLine($"error: {error.Message}");
+    }
+
+    Console.Error.WriteLine("Run with --help to see the options.");
     return 2;
 }
 
-if (options.Help)
+return parsed.Invoke();
+
+static int Run(Options options)
 {
-    Console.WriteLine(Options.Usage);
+    if (options.Check)
+    {
+        return GradientReport.Run(options.Seed, options.Norms) ? 0 : 1;
+    }
+
+    if (options.Trace)
+    {
+        return TraceReport.Print(options.Seed) < 1e-12 ? 0 : 1;
+    }
+
+    // Everything that can fail for want of a file or a folder fails here, before any training.
+    DigitsData data;
+    try
+    {
+        data = DigitsData.Load(options.DataPath);
+    }
+    catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
+    {
+        Console.Error.WriteLine($"Cannot read the digits data: {e.Message}");
+        return 1;
+    }
+
+    string outputDirectory = Path.GetFullPath(options.OutputDirectory);
+    if (WritableFolder(outputDirectory) is string problem)
+    {
+        Console.Error.WriteLine($"Cannot write to the output folder '{outputDirectory}': {problem}");
+        return 1;
+    }
+
+    (int[] train, int[] test) = data.StratifiedSplit(testFraction: 0.2, options.Seed);
+    Console.WriteLine(Invariant($"UCI digits: {data.Count} images, {train.Length} for training and {test.Length} for testing (stratified, seed {options.Seed})."));
+    Console.WriteLine(Invariant($"Network: 64 → 128 → 64 → 10, ReLU, softmax cross-entropy, SGD with batches of 32; backward strategy: {options.Strategy}."));
+
+    double[] rates = [0.05, 1.5];
+    RunSettings[] runs = [.. rates.SelectMany(rate => options.Norms.Select(norm => new RunSettings(norm, rate)))];
+    var trainer = new Trainer(data, train, test);
+    var results = new List<RunResult>();
+    bool live = !Console.IsOutputRedirected;
+    foreach (RunSettings run in runs)
+    {
+        Console.WriteLine();
+        Console.WriteLine(run.Name);
+        Console.WriteLine("  epoch      loss   train acc   test acc");
+        results.Add(new RunResult(run, trainer.Train(run, options.Epochs, options.Strategy, options.Seed, (epoch, batch, batches) =>
+        {
+            if (live)
+            {
+                Console.Write(Invariant($"\r  epoch {epoch}/{options.Epochs}, batch {batch}/{batches}   "));
+            }
+        }, epoch =>
+        {
+            if (live)
+            {
+                Console.Write("\r" + new string(' ', 40) + "\r");
+            }
+
+            Console.WriteLine(Invariant($"  {epoch.Epoch,5} {epoch.Loss,9:F4} {epoch.TrainAccuracy,10:P1} {epoch.TestAccuracy,10:P1}"));
+        })));
+    }
+
+    Console.WriteLine();
+    Console.WriteLine(SummaryTable(results));
+
+    string png = Path.Combine(outputDirectory, "learning-curves.png"), svg = Path.ChangeExtension(png, ".svg"), csv = Path.ChangeExtension(png, ".csv");
+    try
+    {
+        var chart = LearningCurveChart.Build(results);
+        LearningCurveChart.SavePng(chart, png);
+        LearningCurveChart.SaveSvg(chart, svg);
+        File.WriteAllText(csv, Csv(results));
+    }
+    catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+    {
+        Console.Error.WriteLine($"Cannot write the learning curves to '{outputDirectory}': {e.Message}");
+        return 1;
+    }
+
+    Console.WriteLine($"Learning curves: {png} (and {Path.GetFileName(svg)} beside it)");
+    Console.WriteLine($"Same data as CSV: {csv}");
     return 0;
 }
 
-if (options.Check)
+// Creates the folder and proves it writable by writing and deleting a file in it; says why not, or null.
+static string? WritableFolder(string folder)
 {
-    return GradientReport.Run(options.Seed) ? 0 : 1;
-}
-
-DigitsData data;
-try
-{
-    data = DigitsData.Load(options.DataPath);
-}
-catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
-{
-    Console.Error.WriteLine($"Cannot read the digits data: {e.Message}");
-    return 1;
-}
-
-(int[] train, int[] test) = data.StratifiedSplit(testFraction: 0.2, options.Seed);
-Console.WriteLine(Invariant($"UCI digits: {data.Count} images, {train.Length} for training and {test.Length} for testing (stratified, seed {options.Seed})."));
-Console.WriteLine(Invariant($"Network: 64 → 128 → 64 → 10, ReLU, softmax cross-entropy, SGD with batches of 32; BatchNorm backward: {options.Strategy}."));
-
-RunSettings[] runs =
-[
-    new("BatchNorm, rate 0.05", BatchNorm: true, LearningRate: 0.05),
-    new("plain, rate 0.05", BatchNorm: false, LearningRate: 0.05),
-    new("BatchNorm, rate 1.5", BatchNorm: true, LearningRate: 1.5),
-    new("plain, rate 1.5", BatchNorm: false, LearningRate: 1.5),
-];
-
-var trainer = new Trainer(data, train, test);
-var results = new List<IReadOnlyList<EpochResult>>();
-bool live = !Console.IsOutputRedirected;
-foreach (RunSettings run in runs)
-{
-    Console.WriteLine();
-    Console.WriteLine(run.Name);
-    Console.WriteLine("  epoch      loss   train acc   test acc");
-    var epochs = new List<EpochResult>();
-    results.Add(trainer.Train(run, options.Epochs, options.Strategy, options.Seed, (epoch, batch, batches) =>
+    try
     {
-        if (live)
+        if (File.Exists(folder))
         {
-            Console.Write(Invariant($"\r  epoch {epoch}/{options.Epochs}, batch {batch}/{batches}   "));
-        }
-    }, epoch =>
-    {
-        if (live)
-        {
-            Console.Write("\r" + new string(' ', 40) + "\r");
+            return "it is a file, not a folder.";
         }
 
-        Console.WriteLine(Invariant($"  {epoch.Epoch,5} {epoch.Loss,9:F4} {epoch.TrainAccuracy,10:P1} {epoch.TestAccuracy,10:P1}"));
-    }));
+        Directory.CreateDirectory(folder);
+        string probe = Path.Combine(folder, $".write-test-{Environment.ProcessId}");
+        File.WriteAllText(probe, string.Empty);
+        File.Delete(probe);
+        return null;
+    }
+    catch (Exception e) when (e is IOException or UnauthorizedAccessException or NotSupportedException)
+    {
+        return e.Message;
+    }
 }
 
-Console.WriteLine();
-Console.WriteLine(SummaryTable(runs, results));
-
-Directory.CreateDirectory(options.OutputDirectory);
-string svgPath = Path.GetFullPath(Path.Combine(options.OutputDirectory, "learning-curves.svg"));
-string csvPath = Path.GetFullPath(Path.Combine(options.OutputDirectory, "learning-curves.csv"));
-IReadOnlyList<ChartSeries> series = runs.Select((r, k) => new ChartSeries(r.Name, results[k].Select(e => ((double)e.Epoch, e.TestAccuracy)).ToList())).ToList();
-File.WriteAllText(svgPath, SvgChart.Render("Test accuracy on UCI digits", "epoch", "test accuracy", series, 0, 1));
-File.WriteAllText(csvPath, Csv(runs, results));
-Console.WriteLine($"Learning curves: {svgPath}");
-Console.WriteLine($"Same data as CSV: {csvPath}");
-return 0;
-
-static string SummaryTable(IReadOnlyList<RunSettings> runs, IReadOnlyList<IReadOnlyList<EpochResult>> results)
+static string SummaryTable(IReadOnlyList<RunResult> results)
 {
     static string Epochs(int? e) => e?.ToString(CultureInfo.InvariantCulture) ?? "never";
     var table = new StringBuilder();
     table.AppendLine("| run | final test accuracy | epochs to 90% | epochs to 95% |");
     table.AppendLine("|---|---:|---:|---:|");
-    for (int k = 0; k < runs.Count; k++)
+    foreach (RunResult result in results)
     {
-        EpochResult last = results[k][^1];
+        EpochResult last = result.Epochs[^1];
         string final = double.IsNaN(last.Loss) ? Invariant($"{last.TestAccuracy:P1} (diverged)") : Invariant($"{last.TestAccuracy:P1}");
-        table.AppendLine($"| {runs[k].Name} | {final} | {Epochs(Trainer.EpochsTo(results[k], 0.90))} | {Epochs(Trainer.EpochsTo(results[k], 0.95))} |");
+        table.AppendLine($"| {result.Settings.Name} | {final} | {Epochs(Trainer.EpochsTo(result.Epochs, 0.90))} | {Epochs(Trainer.EpochsTo(result.Epochs, 0.95))} |");
     }
 
     return table.ToString();
 }
 
-static string Csv(IReadOnlyList<RunSettings> runs, IReadOnlyList<IReadOnlyList<EpochResult>> results)
+static string Csv(IReadOnlyList<RunResult> results)
 {
     var csv = new StringBuilder("run,epoch,loss,train_accuracy,test_accuracy\n");
-    for (int k = 0; k < runs.Count; k++)
+    foreach (RunResult result in results)
     {
-        foreach (EpochResult e in results[k])
+        foreach (EpochResult e in result.Epochs)
         {
-            csv.Append(Invariant($"\"{runs[k].Name}\",{e.Epoch},{e.Loss:R},{e.TrainAccuracy:R},{e.TestAccuracy:R}\n"));
+            csv.Append(Invariant($"\"{result.Settings.Name}\",{e.Epoch},{e.Loss:R},{e.TrainAccuracy:R},{e.TestAccuracy:R}\n"));
         }
     }
 

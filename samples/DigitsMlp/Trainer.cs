@@ -7,10 +7,13 @@ using MathNet.Numerics.LinearAlgebra;
 namespace DigitsMlp;
 
 /// <summary>One training configuration.</summary>
-/// <param name="Name">A label for tables and the legend.</param>
-/// <param name="BatchNorm">Whether the network has BatchNorm layers.</param>
+/// <param name="Normalization">What the network's two normalization slots hold.</param>
 /// <param name="LearningRate">The SGD learning rate.</param>
-public sealed record RunSettings(string Name, bool BatchNorm, double LearningRate);
+public sealed record RunSettings(Normalization Normalization, double LearningRate)
+{
+    /// <summary>Gets a label for tables and the legend, such as "BatchNorm, rate 0.05".</summary>
+    public string Name => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{Normalization.Title}, rate {LearningRate}");
+}
 
 /// <summary>What one epoch measured.</summary>
 /// <param name="Epoch">1-based.</param>
@@ -28,7 +31,7 @@ public sealed class Trainer(DigitsData data, int[] train, int[] test, int batchS
     /// <summary>Trains a fresh network for <paramref name="epochs"/> epochs.</summary>
     /// <param name="settings">The configuration.</param>
     /// <param name="epochs">Number of passes over the training part.</param>
-    /// <param name="strategy">The BatchNorm backward strategy.</param>
+    /// <param name="strategy">The backward strategy of the normalization layers.</param>
     /// <param name="seed">The seed for the weights and the batch order.</param>
     /// <param name="progress">Called after every batch with (epoch, batch, batches).</param>
     /// <param name="epochDone">Called after every epoch with its result.</param>
@@ -36,7 +39,7 @@ public sealed class Trainer(DigitsData data, int[] train, int[] test, int batchS
     public IReadOnlyList<EpochResult> Train(RunSettings settings, int epochs, BackwardStrategy strategy, int seed, Action<int, int, int>? progress = null, Action<EpochResult>? epochDone = null)
     {
         ArgumentNullException.ThrowIfNull(settings);
-        var network = new Network((128, 64), settings.BatchNorm, strategy, seed);
+        var network = new Network((128, 64), settings.Normalization.Create is { } create ? features => create(features, strategy) : null, seed);
         var random = new Random(seed);
         int[] order = (int[])train.Clone();
         int batches = order.Length / batchSize;   // the ragged last batch is dropped, so every batch has 32 rows
@@ -79,15 +82,16 @@ public sealed class Trainer(DigitsData data, int[] train, int[] test, int batchS
         return results;
     }
 
-    /// <summary>The loss of one training batch; NaN when the weights have blown up (BatchNorm then rejects its input).</summary>
+    /// <summary>The loss of one training batch; NaN when the weights have blown up (a normalization layer then rejects its input).</summary>
     private (double Loss, Matrix<double> Gradient, int Correct) TrainingLoss(Network network, IReadOnlyList<int> indices)
     {
         try
         {
             return Network.SoftmaxCrossEntropy(network.Forward(data.Features(indices)), data.LabelsOf(indices));
         }
-        catch (ArgumentException)
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException)
         {
+            // A normalization layer refuses non-finite activations or parameters by name; here that means the run diverged.
             return (double.NaN, Matrix<double>.Build.Dense(1, 1), 0);
         }
     }

@@ -58,11 +58,29 @@ public class DataTests
     }
 
     [Fact]
-    public void A_file_that_is_not_gzip_is_named_as_such()
+    public void A_plain_csv_reads_like_the_gzipped_one()
     {
-        string path = TempFile(Encoding.UTF8.GetBytes("0,0,0\n"));
-        var e = Assert.Throws<InvalidDataException>(() => DigitsData.Load(path));
-        Assert.Contains("not a gzip-compressed CSV", e.Message);
+        string text = GoodLine(3) + "\n" + GoodLine(7) + "\n";
+        DigitsData plain = DigitsData.Load(TempFile(Encoding.UTF8.GetBytes(text))), zipped = DigitsData.Load(Gzip(text));
+        Assert.Equal(zipped.Labels, plain.Labels);
+        Assert.Equal(zipped.Images[1], plain.Images[1]);
+        Assert.Contains("line 1: expected 65", Assert.Throws<InvalidDataException>(() => DigitsData.Load(TempFile(Encoding.UTF8.GetBytes("0,0,0\n")))).Message);
+    }
+
+    [Fact]
+    public void A_damaged_gzip_file_is_named_as_such()
+    {
+        byte[] zipped = File.ReadAllBytes(Gzip(GoodLine(1) + "\n" + GoodLine(2) + "\n"));
+        zipped[12] ^= 0xFF;
+        zipped[13] ^= 0xFF;
+        Assert.Contains("gzip-compressed data is damaged", Assert.Throws<InvalidDataException>(() => DigitsData.Load(TempFile(zipped))).Message);
+    }
+
+    [Fact]
+    public void A_folder_is_named_as_a_folder()
+    {
+        var e = Assert.Throws<FileNotFoundException>(() => DigitsData.Load(Path.GetTempPath()));
+        Assert.Contains("is a folder", e.Message);
     }
 
     [Theory]

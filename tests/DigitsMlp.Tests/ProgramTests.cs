@@ -29,36 +29,103 @@ public class ProgramTests
     [InlineData("--strategy", "fast")]
     [InlineData("--epochs", "0")]
     [InlineData("--epochs")]
+    [InlineData("--norm", "instance")]
     [InlineData("--bogus")]
-    public void Bad_options_give_usage_and_exit_code_2(params string[] args)
+    public void Bad_options_give_a_one_line_error_and_exit_code_2(params string[] args)
     {
-        (int code, _, string error) = Run(args);
+        (int code, string output, string error) = Run(args);
         Assert.Equal(2, code);
-        Assert.Contains("Usage:", error);
+        Assert.StartsWith("error: ", error);
+        Assert.Contains("--help", error);
+        Assert.DoesNotContain("   at ", error);
+        Assert.Empty(output);
     }
 
     [Fact]
-    public void Check_prints_small_relative_errors_for_both_strategies()
+    public void Help_lists_every_option_and_exits_with_0()
     {
-        (int code, string output, _) = Run("--check");
+        (int code, string output, _) = Run("--help");
         Assert.Equal(0, code);
+        foreach (string option in new[] { "--epochs", "--seed", "--strategy", "--norm", "--out", "--data", "--check", "--trace" })
+        {
+            Assert.Contains(option, output);
+        }
+    }
+
+    [Fact]
+    public void A_data_path_that_is_a_folder_is_named_before_any_training()
+    {
+        (int code, string output, string error) = Run("--data", Path.GetTempPath());
+        Assert.Equal(1, code);
+        Assert.Contains("is a folder", error);
+        Assert.DoesNotContain("epoch", output);
+    }
+
+    [Fact]
+    public void An_output_folder_that_cannot_be_written_is_named_before_any_training()
+    {
+        // A folder cannot be made under a file, whatever the user's rights.
+        string file = Path.GetTempFileName();
+        (int code, string output, string error) = Run("--out", Path.Combine(file, "charts"));
+        Assert.Equal(1, code);
+        Assert.StartsWith("Cannot write to the output folder", error);
+        Assert.DoesNotContain("   at ", error);
+        Assert.DoesNotContain("epoch", output);
+        (code, _, error) = Run("--out", file);
+        Assert.Equal(1, code);
+        Assert.Contains("is a file", error);
+    }
+
+    [Fact]
+    public void Check_prints_small_relative_errors_for_each_normalization_and_both_strategies()
+    {
+        (int code, string output, _) = Run("--check", "--norm", "batch", "layer");
+        Assert.Equal(0, code);
+        Assert.Contains("BatchNorm", output);
+        Assert.Contains("LayerNorm", output);
         Assert.Contains("staged", output);
         Assert.Contains("closed", output);
         Assert.Contains("All below", output);
     }
 
     [Fact]
-    public void A_one_epoch_run_writes_the_svg_and_csv_where_it_says()
+    public void Trace_prints_every_node_of_the_staged_pass_and_agrees_with_the_closed_form()
+    {
+        (int code, string output, _) = Run("--trace");
+        Assert.Equal(0, code);
+        foreach (string node in new[] { "dx̂ = γ·dy", "dσ²", "dμ, through x̂", "dμ, through σ²", "dμ\n", "dx\n", "dγ", "dβ", "differs from the staged dx by at most" })
+        {
+            Assert.Contains(node, output);
+        }
+    }
+
+    [Fact]
+    public void A_one_epoch_run_writes_the_png_svg_and_csv_where_it_says()
     {
         string dir = Path.Combine(Path.GetTempPath(), $"digits-out-{Guid.NewGuid():N}");
         (int code, string output, _) = Run("--epochs", "1", "--out", dir, "--strategy", "staged");
         Assert.Equal(0, code);
-        string svg = Path.Combine(dir, "learning-curves.svg"), csv = Path.Combine(dir, "learning-curves.csv");
-        Assert.Contains(svg, output);
+        string png = Path.Combine(dir, "learning-curves.png"), svg = Path.Combine(dir, "learning-curves.svg"), csv = Path.Combine(dir, "learning-curves.csv");
+        Assert.Contains(png, output);
         Assert.Contains(csv, output);
+        Assert.True(File.Exists(png) && File.Exists(svg));
         Assert.StartsWith("run,epoch,loss,train_accuracy,test_accuracy", File.ReadAllText(csv));
         Assert.Equal(5, File.ReadAllLines(csv).Length);
         Assert.Contains("| run | final test accuracy | epochs to 90% | epochs to 95% |", output);
+    }
+
+    [Fact]
+    public void Each_chosen_normalization_gets_its_runs_and_rows()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"digits-out-{Guid.NewGuid():N}");
+        (int code, string output, _) = Run("--epochs", "1", "--out", dir, "--norm", "layer", "group", "renorm", "none");
+        Assert.Equal(0, code);
+        foreach (string run in new[] { "LayerNorm, rate 0.05", "GroupNorm (8 groups), rate 1.5", "BatchRenorm, rate 0.05", "plain, rate 1.5" })
+        {
+            Assert.Contains($"| {run} |", output);
+        }
+
+        Assert.Equal(9, File.ReadAllLines(Path.Combine(dir, "learning-curves.csv")).Length);
     }
 
     private static (int Code, string Output, string Error) Run(params string[] args)

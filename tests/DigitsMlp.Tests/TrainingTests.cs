@@ -13,7 +13,7 @@ public class TrainingTests
         DigitsData data = DigitsData.Load(DigitsData.DefaultPath);
         (int[] train, int[] test) = data.StratifiedSplit(0.2, seed: 3);
         var trainer = new Trainer(data, train, test);
-        var results = trainer.Train(new RunSettings("test", batchNorm, 0.05), epochs: 3, BackwardStrategy.ClosedForm, seed: 3);
+        var results = trainer.Train(new RunSettings(Normalization.Parse(batchNorm ? "batch" : "none"), 0.05), epochs: 3, BackwardStrategy.ClosedForm, seed: 3);
         Assert.Equal(3, results.Count);
         Assert.True(results[^1].Loss < results[0].Loss, $"loss went from {results[0].Loss} to {results[^1].Loss}");
         Assert.True(results[^1].TestAccuracy > 0.5, $"test accuracy {results[^1].TestAccuracy}");
@@ -25,7 +25,7 @@ public class TrainingTests
         DigitsData data = DigitsData.Load(DigitsData.DefaultPath);
         (int[] train, int[] test) = data.StratifiedSplit(0.2, seed: 4);
         var trainer = new Trainer(data, train, test);
-        var settings = new RunSettings("test", true, 0.05);
+        var settings = new RunSettings(Normalization.Parse("batch"), 0.05);
         var closed = trainer.Train(settings, 2, BackwardStrategy.ClosedForm, seed: 4);
         var staged = trainer.Train(settings, 2, BackwardStrategy.Staged, seed: 4);
         Assert.Equal(closed[^1].Loss, staged[^1].Loss, 1e-9);
@@ -38,12 +38,9 @@ public class TrainingTests
         int[] rows = Enumerable.Range(0, 64).ToArray();
         var x = data.Features(rows);
         int[] labels = data.LabelsOf(rows);
-        foreach (System.Func<int, INormalizationLayer> make in new System.Func<int, INormalizationLayer>[]
+        foreach (Normalization norm in Normalization.All.Where(n => !n.IsNone))
         {
-            f => new BatchNormLayer(f), f => new LayerNormLayer(f), f => new GroupNormLayer(f, 4), f => new BatchRenormLayer(f),
-        })
-        {
-            var network = new Network((32, 16), make, seed: 5);
+            var network = new Network((64, 32), f => norm.Create!(f, BackwardStrategy.ClosedForm), seed: 5);
             double first = Network.SoftmaxCrossEntropy(network.Forward(x), labels).Loss, last = first;
             for (int step = 0; step < 60; step++)
             {
@@ -52,7 +49,7 @@ public class TrainingTests
                 network.Step(0.1);
             }
 
-            Assert.True(last < first / 4, $"{make(4).GetType().Name}: loss went from {first} to {last}");
+            Assert.True(last < first / 4, $"{norm}: loss went from {first} to {last}");
         }
     }
 

@@ -17,7 +17,9 @@ namespace BatchNorm;
 /// Wherever a value feeds several nodes (γ, β, μ and σ² feed every value; each xᵢ feeds x̂ᵢ, μ and σ²),
 /// the contributions from each path are added; every such sum is written out with <c>+=</c>.
 /// The sums over the segment are the first step (<see cref="SegmentSumsCore"/>): node y gives dγ and dβ, nodes σ² and μ
-/// give dσ², the direct part of dμ and Σ(x − μ). Node x is the second (<see cref="SegmentInputGradientCore"/>).
+/// give dσ², the direct part of dμ and Σ(x − μ). The second step (<see cref="SegmentInputGradientCore"/>) puts dμ
+/// together whole (<see cref="MeanNode"/>) and then walks node x. <see cref="StagedBackwardTrace"/> records every node's
+/// gradient for a reader.
 /// </remarks>
 internal sealed class StagedBackward : BackwardStrategy
 {
@@ -53,7 +55,9 @@ internal sealed class StagedBackward : BackwardStrategy
             return;
         }
 
-        InputNode(segment.NormalizedInput, segment.InverseStandardDeviation, segment.Count, sums[2], sums[3], sums[4], inputGradient);
+        double dVariance = sums[2];
+        double dMean = MeanNode(sums[3], dVariance, sums[4], segment.Count);
+        InputNode(segment.NormalizedInput, segment.InverseStandardDeviation, segment.Count, dVariance, dMean, inputGradient);
     }
 
     /// <summary>
@@ -83,11 +87,11 @@ internal sealed class StagedBackward : BackwardStrategy
     }
 
     /// <summary>
-    /// Nodes σ² and μ, as sums over the rows: dL/dσ², the direct part of dL/dμ, and Σᵢ (xᵢ − μ) for the σ² part.
-    /// These three sums (with dγ and dβ) are all that couples the rows; synchronized workers add them up across
-    /// workers before <see cref="InputNode"/>.
+    /// The sums over the rows that nodes σ² and μ need: dL/dσ², the direct part of dL/dμ (μ feeds every x̂ᵢ), and Σᵢ (xᵢ − μ),
+    /// which carries dL/dσ² back to μ. These three (with dγ and dβ) are all that couples the rows; synchronized workers add
+    /// them up across workers before <see cref="MeanNode"/> and <see cref="InputNode"/>.
     /// </summary>
-    internal static void StatisticsNodes(ReadOnlySpan<double> xHat, double inverseStd, ReadOnlySpan<double> dXHat, out double dVarianceSum, out double dMeanSum, out double centeredSum)
+    internal static void StatisticsNodes(ReadOnlySpan<double> xHat, double inverseStd, ReadOnlySpan<double> dXHat, out double dVarianceSum, out double dMeanDirectSum, out double centeredSum)
     {
         int n = xHat.Length;
         double std = 1.0 / inverseStd;
@@ -101,11 +105,11 @@ internal sealed class StagedBackward : BackwardStrategy
             dVariance += dXHat[i] * centered * -0.5 * inverseStd * inverseStd * inverseStd;
         }
 
-        // μ feeds every x̂ᵢ directly and also σ² = (1/N)·Σᵢ (xᵢ − μ)²: both paths add to dμ (see InputNode for the second).
-        double dMean = 0;
+        // μ feeds every x̂ᵢ directly: the first part of dμ.
+        double dMeanDirect = 0;
         for (int i = 0; i < n; i++)
         {
-            dMean += dXHat[i] * -inverseStd;
+            dMeanDirect += dXHat[i] * -inverseStd;
         }
 
         double sumCentered = 0;
@@ -115,21 +119,36 @@ internal sealed class StagedBackward : BackwardStrategy
         }
 
         dVarianceSum = dVariance;
-        dMeanSum = dMean;
+        dMeanDirectSum = dMeanDirect;
         centeredSum = sumCentered;
     }
+
+    /// <summary>
+    /// Node μ, whole: μ feeds every x̂ᵢ directly and also σ² = (1/N)·Σᵢ (xᵢ − μ)², so both paths add to dL/dμ. The second
+    /// carries Σᵢ (xᵢ − μ), which is zero in exact arithmetic: see "the triangle" in docs/derivation.md.
+    /// </summary>
+    /// <param name="dMeanDirect">Σᵢ dx̂ᵢ·(−1/√(σ² + ε)), the path through x̂.</param>
+    /// <param name="dVariance">dL/dσ².</param>
+    /// <param name="sumCentered">Σᵢ (xᵢ − μ).</param>
+    /// <param name="n">The number of values μ was taken over (all workers' when synchronized).</param>
+    internal static double MeanNode(double dMeanDirect, double dVariance, double sumCentered, int n)
+    {
+        double dMean = dMeanDirect;                                  // through x̂
+        dMean += ThroughVariance(dVariance, sumCentered, n);         // through σ²
+        return dMean;
+    }
+
+    /// <summary>The path from μ through σ² to the loss: dL/dσ²·∂σ²/∂μ = dL/dσ²·(−2/N)·Σᵢ (xᵢ − μ).</summary>
+    internal static double ThroughVariance(double dVariance, double sumCentered, int n) => dVariance * (-2.0 / n) * sumCentered;
 
     /// <summary>
     /// Node x: each xᵢ feeds x̂ᵢ, σ² and μ. <paramref name="n"/> is the number of values μ and σ² were taken over
     /// (all workers' when synchronized); <paramref name="dx"/> holds dL/dx̂ on entry and dL/dx on return.
     /// </summary>
-    internal static void InputNode(ReadOnlySpan<double> xHat, double inverseStd, int n, double dVariance, double dMean, double sumCentered, Span<double> dx)
+    internal static void InputNode(ReadOnlySpan<double> xHat, double inverseStd, int n, double dVariance, double dMean, Span<double> dx)
     {
         double std = 1.0 / inverseStd;
         ReadOnlySpan<double> dXHat = dx;
-
-        // The σ² path carries Σᵢ (xᵢ − μ), which is zero in exact arithmetic; it is kept to show the fan-out.
-        dMean += dVariance * (-2.0 / n) * sumCentered;
 
         // Each xᵢ feeds x̂ᵢ, σ² and μ: three contributions.
         for (int i = 0; i < xHat.Length; i++)
