@@ -32,6 +32,6 @@ public partial class DocumentationTests
         return directory ?? throw new DirectoryNotFoundException("BatchNorm.sln not found above the test assembly.");
     }
 
-    [GeneratedRegex(@"\[`(?<code>[^`]+)`\]\((?<path>\.\./src/[^#)]+)#L(?<line>\d+)\)")]
+    [GeneratedRegex(@"\[`(?<code>[^`]+)`\]\((?<path>\.\./(?:src|tests)/[^#)]+)#L(?<line>\d+)\)")]
     private static partial Regex CodeLink();
 }
