@@ -37,6 +37,9 @@ public static class LearningCurveChart
         new(227, 119, 194), new(80, 80, 160),
     ];
 
+    /// <summary>The margin right of both panels, where the legend goes.</summary>
+    private const int LegendWidth = 290;
+
     private static readonly Color GuideColor = new(120, 120, 120);
 
     private static readonly (double Accuracy, string Label)[] Guides = [(0.90, "90% accuracy"), (0.95, "95% accuracy")];
@@ -98,8 +101,15 @@ public static class LearningCurveChart
         // From the decade below the lowest error to 100%.
         double lowest = runs.SelectMany(r => r.Epochs).Min(e => Math.Max(ErrorFloor, 1 - e.TestAccuracy));
         error.Axes.SetLimitsY(Math.Floor(Math.Log10(lowest)) - 0.1, 0.05);
-        error.ShowLegend(Alignment.UpperRight);
+        // The legend sits right of the data, where no curve can hide behind it, and both panels keep the same margins so
+        // that their epochs line up.
+        error.ShowLegend(Edge.Right);
         loss.HideLegend();
+        foreach (Plot panel in new[] { error, loss })
+        {
+            panel.Layout.Fixed(new PixelPadding(left: 80, right: LegendWidth, bottom: 50, top: 40));
+        }
+
         return chart;
     }
 

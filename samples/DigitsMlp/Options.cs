@@ -74,7 +74,7 @@ public sealed record Options
         strategy.AcceptOnlyFromAmong("closed", "staged");
         var norm = new Option<string[]>("--norm")
         {
-            Description = "Normalizations to compare, each at learning rates 0.05 and 1.5.",
+            Description = "Normalizations to compare, one or several (--norm batch layer none), each at learning rates 0.05 and 1.5.",
             AllowMultipleArgumentsPerToken = true,
             DefaultValueFactory = _ => ["batch", "none"],
         };

@@ -1,5 +1,6 @@
 using System;
 using System.Collections.Generic;
+using System.Diagnostics.CodeAnalysis;
 using System.Linq;
 using MathNet.Numerics.LinearAlgebra;
 using MathNet.Numerics.Statistics;
@@ -17,6 +18,10 @@ namespace BatchNorm;
 /// Every method allocates its result and, through the function it probes, whatever that allocates. The methods
 /// keep no state: they are safe to call from several threads as long as the threads do not share arguments.
 /// </remarks>
+[SuppressMessage(
+    "ApiDesign",
+    "RS0026:Do not add multiple public overloads with optional parameters",
+    Justification = "The NumericalGradient overloads differ in the type of function they probe, never only in the optional step, so no call is ambiguous.")]
 public static class GradientCheck
 {
     /// <summary>The default step h of the central difference.</summary>
