@@ -26,6 +26,9 @@ public static class Arbitraries
     /// <summary>Every layer type, each made by <see cref="ContractTests.Create"/>.</summary>
     public static Arbitrary<LayerKind> Kinds() => Gen.Elements(ContractTests.Kinds).Select(k => new LayerKind(k)).ToArbitrary();
 
+    /// <summary>Batches of 2 to 140 rows and 1 to 11 features: segments on both sides of the four-at-a-time kernels' limit of 128 rows.</summary>
+    public static Arbitrary<WideBatch> WideBatches() => Map(BatchCase.Arbitrary(maxRows: 140, maxFeatures: 11), c => new WideBatch(c), w => w.Case);
+
     /// <summary>Two to four ghost batches of three to six rows.</summary>
     public static Arbitrary<GhostCase> GhostCases() => (
         from blocks in Gen.Choose(2, 4)
@@ -137,6 +140,9 @@ public sealed record LayerKind(string Name)
 /// <summary>A batch of up to 40 rows.</summary>
 /// <param name="Case">The batch.</param>
 public sealed record TallBatch(BatchCase Case);
+
+/// <summary>A batch of up to 140 rows and 11 features (see <see cref="Arbitraries.WideBatches"/>).</summary>
+public sealed record WideBatch(BatchCase Case);
 
 /// <summary>A batch whose rows are a whole number of ghost batches.</summary>
 /// <param name="Case">The batch.</param>

@@ -1,5 +1,6 @@
 using System;
 using System.Globalization;
+using System.Runtime.Intrinsics;
 using MathNet.Numerics.LinearAlgebra;
 
 namespace BatchNorm;
@@ -162,6 +163,17 @@ public abstract class BackwardStrategy
         SegmentInputGradientCore(segment, sums, inputGradient);
         return ColumnKernels.AllFinite(inputGradient);
     }
+
+    /// <summary>
+    /// The whole backward pass of four adjacent short segments at once (see <see cref="QuadKernels"/>), for a strategy that
+    /// has one: each segment's sums into <paramref name="sums"/> (<see cref="SumCount"/> per segment, in order) and its dx.
+    /// The segments are whole (not split across workers), of length <paramref name="length"/> ≤ <see cref="QuadKernels.MaxLength"/>.
+    /// </summary>
+    /// <returns>A mask of the segments whose dx is not finite (bit s for segment s), or −1 when the strategy has no such pass
+    /// for these segments; the engine then takes each segment in turn.</returns>
+    internal virtual int QuadBackward(
+        ref double outputGradient, ref double normalizedInput, int length, Vector256<double> gamma, Vector256<double> inverseStd, bool frozenStatistics, Span<double> sums, ref double inputGradient)
+        => -1;
 
     /// <summary>
     /// The backward pass of every row group of a cache at once, for row layouts (layer and group norm), where a segment is

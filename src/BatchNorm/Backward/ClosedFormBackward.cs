@@ -1,4 +1,7 @@
 using System;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using MathNet.Numerics.LinearAlgebra;
 
 namespace BatchNorm;
@@ -73,6 +76,32 @@ internal sealed class ClosedFormBackward : BackwardStrategy
         return ColumnKernels.ClosedFormInputGradient(segment.OutputGradient, segment.NormalizedInput, sums[1] / n, sums[0] / n, scale, inputGradient, segment.Stream);
     }
 
+    /// <summary>
+    /// Four short segments at once: their Σdy and Σdy·x̂ in one pass of four chains, the means and γ·istd as vectors, then dx
+    /// segment by segment. Two-value segments keep their own formula, one at a time.
+    /// </summary>
+    internal override int QuadBackward(
+        ref double outputGradient, ref double normalizedInput, int length, Vector256<double> gamma, Vector256<double> inverseStd, bool frozenStatistics, Span<double> sums, ref double inputGradient)
+    {
+        if (length == 2 && !frozenStatistics)
+        {
+            return -1;
+        }
+
+        QuadKernels.SumAndDot(ref outputGradient, ref normalizedInput, length, out Vector256<double> sumDy, out Vector256<double> sumDyXHat);
+        Vector256<double> count = Vector256.Create((double)length), scale = gamma * inverseStd;
+        Vector256<double> meanDy = sumDy / count, meanDyXHat = sumDyXHat / count;
+        for (int s = 0; s < 4; s++)
+        {
+            sums[3 * s] = sumDyXHat.GetElement(s);
+            sums[(3 * s) + 1] = sumDy.GetElement(s);
+            sums[(3 * s) + 2] = 0;
+        }
+
+        int bad = QuadKernels.InputGradient(ref outputGradient, ref normalizedInput, length, meanDy, meanDyXHat, scale, frozenStatistics, ref inputGradient);
+        return bad;
+    }
+
     /// <summary>Every row group at once, each row a SIMD lane: the same formulas with g = γ·dy per feature in place of dy.</summary>
     internal override bool TryBackwardRowGroups(NormalizationCache cache, ReadOnlySpan<double> gamma, Matrix<double> dy, Matrix<double> dx, LaneScratch scratch, out bool finite)
     {
@@ -100,11 +129,8 @@ internal sealed class ClosedFormBackward : BackwardStrategy
             }
 
             LaneKernels.ScaledSumAndDot(dyData, xHat, n, first, size, gamma, meanG, meanGXHat, scratch);
-            for (int i = 0; i < n; i++)
-            {
-                meanG[i] /= size;
-                meanGXHat[i] /= size;
-            }
+            ColumnKernels.Divide(meanG, size);
+            ColumnKernels.Divide(meanGXHat, size);
 
             finite &= LaneKernels.ClosedFormInputGradient(dyData, xHat, n, first, size, gamma, meanG, meanGXHat, inverseStd, dxData);
         }

@@ -32,9 +32,11 @@ internal static class ColumnKernels
     {
         int n = x.Length;
         double center = x[0];
+        bool isShort = n <= QuadKernels.MaxLength && QuadKernels.IsSupported;
         for (int pass = 0; ; pass++)
         {
-            (double sum, double sumOfSquares) = Reduce(x, x, new CenteredSums(center));
+            // A short segment adds in the order of QuadKernels, which computes four segments at once.
+            (double sum, double sumOfSquares) = isShort ? QuadKernels.CenteredSum(x, center) : Reduce(x, x, new CenteredSums(center));
             if (ShiftedMoments(sum, sumOfSquares, n, out double offset, out variance) || pass == 1)
             {
                 mean = center;
@@ -65,7 +67,9 @@ internal static class ColumnKernels
 
     /// <summary>Effectively computes (Σ dy[i], Σ dy[i]·x̂[i]).</summary>
     public static (double SumDy, double SumDyXHat) SumAndDot(ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat)
-        => Reduce(dy, xHat, default(SumAndDotOp));
+        => dy.Length <= QuadKernels.MaxLength && QuadKernels.IsSupported && xHat.Length >= dy.Length
+            ? QuadKernels.Sum(dy, xHat)
+            : Reduce(dy, xHat, default(SumAndDotOp));
 
     /// <summary>Effectively computes x̂[i] = ((x[i] − mean) − meanCorrection)·inverseStd and y[i] = γ·x̂[i] + β.</summary>
     /// <returns>Whether every y is finite.</returns>
@@ -84,6 +88,26 @@ internal static class ColumnKernels
     /// <remarks>With <c>stream</c> set, dx is written with non-temporal stores (see <see cref="StreamingThreshold"/>).</remarks>
     public static bool Scale(ReadOnlySpan<double> dy, double scale, Span<double> dx, bool stream)
         => Map(dy, dy, dx, dx, new ScaleOp(scale), stream);
+
+    /// <summary>values[i] /= divisor, each quotient correctly rounded as a scalar division would give it.</summary>
+    public static void Divide(Span<double> values, double divisor)
+    {
+        int width = Vector<double>.Count, i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            ref double v0 = ref MemoryMarshal.GetReference(values);
+            var d = new Vector<double>(divisor);
+            for (; i <= values.Length - width; i += width)
+            {
+                (Vector.LoadUnsafe(ref v0, (nuint)i) / d).StoreUnsafe(ref v0, (nuint)i);
+            }
+        }
+
+        for (; i < values.Length; i++)
+        {
+            values[i] /= divisor;
+        }
+    }
 
     /// <summary>Gets whether every value is finite.</summary>
     public static bool AllFinite(ReadOnlySpan<double> values) => FirstNonFinite(values) < 0;

@@ -1,6 +1,7 @@
 using System;
 using System.Numerics;
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 
 namespace BatchNorm;
 
@@ -15,6 +16,11 @@ internal static class ElementFormulas
     /// <summary>x̂ = ((x − center) − correction)·inverseStd: the batch mean is center + correction (see <see cref="ColumnKernels.Moments"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector<double> Normalized(Vector<double> x, Vector<double> center, Vector<double> correction, Vector<double> inverseStd)
+        => (x - center - correction) * inverseStd;
+
+    /// <inheritdoc cref="Normalized(Vector{double}, Vector{double}, Vector{double}, Vector{double})"/>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<double> Normalized(Vector256<double> x, Vector256<double> center, Vector256<double> correction, Vector256<double> inverseStd)
         => (x - center - correction) * inverseStd;
 
     /// <inheritdoc cref="Normalized(Vector{double}, Vector{double}, Vector{double}, Vector{double})"/>
@@ -36,6 +42,11 @@ internal static class ElementFormulas
 
     /// <inheritdoc cref="ClosedFormInputGradient(Vector{double}, Vector{double}, Vector{double}, Vector{double}, Vector{double})"/>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<double> ClosedFormInputGradient(Vector256<double> dy, Vector256<double> xHat, Vector256<double> meanDy, Vector256<double> meanDyXHat, Vector256<double> scale)
+        => scale * MultiplyAdd(-xHat, meanDyXHat, dy - meanDy);
+
+    /// <inheritdoc cref="ClosedFormInputGradient(Vector{double}, Vector{double}, Vector{double}, Vector{double}, Vector{double})"/>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static double ClosedFormInputGradient(double dy, double xHat, double meanDy, double meanDyXHat, double scale)
         => scale * MultiplyAdd(-xHat, meanDyXHat, dy - meanDy);
 
@@ -44,6 +55,15 @@ internal static class ElementFormulas
     public static Vector<double> MultiplyAdd(Vector<double> a, Vector<double> b, Vector<double> c)
 #if NET9_0_OR_GREATER
         => Vector.FusedMultiplyAdd(a, b, c);
+#else
+        => (a * b) + c;
+#endif
+
+    /// <inheritdoc cref="MultiplyAdd(Vector{double}, Vector{double}, Vector{double})"/>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<double> MultiplyAdd(Vector256<double> a, Vector256<double> b, Vector256<double> c)
+#if NET9_0_OR_GREATER
+        => Vector256.FusedMultiplyAdd(a, b, c);
 #else
         => (a * b) + c;
 #endif

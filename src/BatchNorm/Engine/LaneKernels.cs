@@ -1,6 +1,7 @@
 using System;
 using System.Numerics;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using static BatchNorm.ElementFormulas;
 
 namespace BatchNorm;
@@ -36,7 +37,26 @@ internal static class LaneKernels
         {
             Reduce(data, data, rows, first, count, default, new CenteredLanes(), center, sum, squares, scratch);
             bool again = false;
-            for (int i = 0; i < rows; i++)
+            int i = 0;
+            if (QuadKernels.IsSupported)
+            {
+                // Four rows at a time, lane by lane as below.
+                for (; i <= rows - 4; i += 4)
+                {
+                    Vector256<double> done = QuadKernels.ShiftedMoments(
+                        Vector256.Create<double>(sum[i..]), Vector256.Create<double>(squares[i..]), count, out Vector256<double> offset, out Vector256<double> rowVariance);
+                    offset.CopyTo(correction[i..]);
+                    rowVariance.CopyTo(variance[i..]);
+                    if (pass == 0 && !Vector256.EqualsAll(done.AsInt64(), Vector256<long>.AllBitsSet))
+                    {
+                        Vector256<double> rowCenter = Vector256.Create<double>(center[i..]);
+                        Vector256.ConditionalSelect(done, rowCenter, rowCenter + offset).CopyTo(center[i..]);
+                        again = true;
+                    }
+                }
+            }
+
+            for (; i < rows; i++)
             {
                 // A row whose center lay too far from its mean passes again around the mean; the others keep their
                 // center and recompute the same values.
@@ -105,10 +125,19 @@ internal static class LaneKernels
                     part2.Clear();
                 }
 
-                for (int j = start; j < end; j++)
+                // Rows in chunks of four vectors whose sums stay in registers across the block's columns; the rest of the
+                // tile lane by lane through memory. Either way each lane adds its columns in order.
+                int chunked = Vector.IsHardwareAccelerated ? width - (width % (4 * Vector<double>.Count)) : 0;
+                for (int r = 0; r < chunked; r += 4 * Vector<double>.Count)
+                {
+                    AccumulateChunk(a, b, rows, t0 + r, start, end, columnScalars, lane.IsEmpty ? lane : lane[r..], part1[r..], part2[r..], op);
+                }
+
+                for (int j = start; chunked < width && j < end; j++)
                 {
                     double scalar = columnScalars.IsEmpty ? 0 : columnScalars[j];
-                    AccumulateColumn(a.Slice((j * rows) + t0, width), b.Slice((j * rows) + t0, width), lane, scalar, part1, part2, op);
+                    AccumulateColumn(
+                        a.Slice((j * rows) + t0 + chunked, width - chunked), b.Slice((j * rows) + t0 + chunked, width - chunked), lane.IsEmpty ? lane : lane[chunked..], scalar, part1[chunked..], part2[chunked..], op);
                 }
 
                 if (blocked)
@@ -127,6 +156,48 @@ internal static class LaneKernels
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// Adds the terms of columns [start, end) to the sums of four vectors of lanes from row <paramref name="row"/>, keeping
+    /// the sums in registers; each lane adds its columns in order, as <see cref="AccumulateColumn"/> does.
+    /// </summary>
+    private static void AccumulateChunk<TOp>(
+        ReadOnlySpan<double> a, ReadOnlySpan<double> b, int rows, int row, int start, int end, ReadOnlySpan<double> columnScalars, ReadOnlySpan<double> lanes, Span<double> sum1, Span<double> sum2, TOp op)
+        where TOp : struct, ILaneReduceOp
+    {
+        int w = Vector<double>.Count;
+        ref double a0 = ref MemoryMarshal.GetReference(a), b0 = ref MemoryMarshal.GetReference(b), l0 = ref MemoryMarshal.GetReference(lanes);
+        ref double s10 = ref MemoryMarshal.GetReference(sum1), s20 = ref MemoryMarshal.GetReference(sum2);
+        Vector<double> x0 = Vector.LoadUnsafe(ref s10), x1 = Vector.LoadUnsafe(ref s10, (nuint)w), x2 = Vector.LoadUnsafe(ref s10, (nuint)(2 * w)), x3 = Vector.LoadUnsafe(ref s10, (nuint)(3 * w));
+        Vector<double> y0 = Vector.LoadUnsafe(ref s20), y1 = Vector.LoadUnsafe(ref s20, (nuint)w), y2 = Vector.LoadUnsafe(ref s20, (nuint)(2 * w)), y3 = Vector.LoadUnsafe(ref s20, (nuint)(3 * w));
+        Vector<double> c0 = default, c1 = default, c2 = default, c3 = default;
+        if (!lanes.IsEmpty)
+        {
+            c0 = Vector.LoadUnsafe(ref l0);
+            c1 = Vector.LoadUnsafe(ref l0, (nuint)w);
+            c2 = Vector.LoadUnsafe(ref l0, (nuint)(2 * w));
+            c3 = Vector.LoadUnsafe(ref l0, (nuint)(3 * w));
+        }
+
+        for (int j = start; j < end; j++)
+        {
+            var scalar = new Vector<double>(columnScalars.IsEmpty ? 0 : columnScalars[j]);
+            nuint at = (nuint)((j * rows) + row);
+            op.Accumulate(Vector.LoadUnsafe(ref a0, at), Vector.LoadUnsafe(ref b0, at), c0, scalar, ref x0, ref y0);
+            op.Accumulate(Vector.LoadUnsafe(ref a0, at + (nuint)w), Vector.LoadUnsafe(ref b0, at + (nuint)w), c1, scalar, ref x1, ref y1);
+            op.Accumulate(Vector.LoadUnsafe(ref a0, at + (nuint)(2 * w)), Vector.LoadUnsafe(ref b0, at + (nuint)(2 * w)), c2, scalar, ref x2, ref y2);
+            op.Accumulate(Vector.LoadUnsafe(ref a0, at + (nuint)(3 * w)), Vector.LoadUnsafe(ref b0, at + (nuint)(3 * w)), c3, scalar, ref x3, ref y3);
+        }
+
+        x0.StoreUnsafe(ref s10);
+        x1.StoreUnsafe(ref s10, (nuint)w);
+        x2.StoreUnsafe(ref s10, (nuint)(2 * w));
+        x3.StoreUnsafe(ref s10, (nuint)(3 * w));
+        y0.StoreUnsafe(ref s20);
+        y1.StoreUnsafe(ref s20, (nuint)w);
+        y2.StoreUnsafe(ref s20, (nuint)(2 * w));
+        y3.StoreUnsafe(ref s20, (nuint)(3 * w));
     }
 
     /// <summary>Adds one column's terms to the per-lane sums.</summary>

@@ -1,4 +1,7 @@
 using System;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using System.Threading;
 using MathNet.Numerics.LinearAlgebra;
 
@@ -92,7 +95,21 @@ internal sealed class NormalizationEngine
             LaneKernels.Moments(data, n, g * size, size, center.Slice(g * n, n), correction.Slice(g * n, n), variance.Slice(g * n, n), _lanes);
         }
 
-        for (int s = 0; s < segments; s++)
+        int s = 0;
+        for (; QuadKernels.IsSupported && s <= segments - 4; s += 4)
+        {
+            Vector256<double> segmentMean = Vector256.Create<double>(center[s..]) + Vector256.Create<double>(correction[s..]);
+            Vector256<double> segmentVariance = Vector256.Create<double>(variance[s..]);
+            if (!Vector256.EqualsAll((segmentMean - segmentMean) + (segmentVariance - segmentVariance), Vector256<double>.Zero))
+            {
+                break;
+            }
+
+            segmentMean.CopyTo(mean[s..]);
+            QuadKernels.InverseStandardDeviation(segmentVariance, cache.Epsilon).CopyTo(inverseStd[s..]);
+        }
+
+        for (; s < segments; s++)
         {
             mean[s] = center[s] + correction[s];
             if (!double.IsFinite(mean[s]) || !double.IsFinite(variance[s]))
@@ -230,7 +247,25 @@ internal sealed class NormalizationEngine
     /// </summary>
     private StepFault BackwardRows(BackwardStrategy strategy, NormalizationCache cache, double[] gamma, Matrix<double> dy, Matrix<double> dx, Span<double> gammaGradient, Span<double> betaGradient)
     {
-        for (int j = 0; j < cache.Features; j++)
+        int n = cache.BatchSize, j = 0;
+        if (n <= QuadKernels.MaxLength && QuadKernels.IsSupported)
+        {
+            // Four columns at a time, each summed as ColumnKernels.SumAndDot sums it.
+            ref double dy0 = ref MemoryMarshal.GetReference(DenseColumns.Data(dy)), xHat0 = ref MemoryMarshal.GetReference(cache.NormalizedInput);
+            for (; j <= cache.Features - 4; j += 4)
+            {
+                QuadKernels.SumAndDot(ref Unsafe.Add(ref dy0, j * n), ref Unsafe.Add(ref xHat0, j * n), n, out Vector256<double> sumDy, out Vector256<double> sumDyXHat);
+                if (!Vector256.EqualsAll((sumDy - sumDy) + (sumDyXHat - sumDyXHat), Vector256<double>.Zero))
+                {
+                    break;
+                }
+
+                sumDy.CopyTo(betaGradient[j..]);
+                sumDyXHat.CopyTo(gammaGradient[j..]);
+            }
+        }
+
+        for (; j < cache.Features; j++)
         {
             (betaGradient[j], gammaGradient[j]) = ColumnKernels.SumAndDot(DenseColumns.Column(dy, j), cache.NormalizedColumn(j));
             if (!double.IsFinite(betaGradient[j]) || !double.IsFinite(gammaGradient[j]))
@@ -245,7 +280,7 @@ internal sealed class NormalizationEngine
         }
 
         // Each group of each row, gathered: the gradient at x̂ (γⱼ·dyⱼ, so the segment's γ is 1) and x̂.
-        int n = cache.BatchSize, size = cache.SegmentColumns, sumCount = strategy.SumCount;
+        int size = cache.SegmentColumns, sumCount = strategy.SumCount;
         Span<double> scratch = Buffer(ref _rowSegment, (3 * size) + sumCount);
         Span<double> g = scratch[..size], xHat = scratch.Slice(size, size), segmentDx = scratch.Slice(2 * size, size), sums = scratch.Slice(3 * size, sumCount);
         ReadOnlySpan<double> dyData = DenseColumns.Data(dy), xHatData = cache.NormalizedInput;
@@ -256,9 +291,9 @@ internal sealed class NormalizationEngine
             {
                 for (int k = 0; k < size; k++)
                 {
-                    int j = (group * size) + k;
-                    g[k] = gamma[j] * dyData[(j * n) + i];
-                    xHat[k] = xHatData[(j * n) + i];
+                    int column = (group * size) + k;
+                    g[k] = gamma[column] * dyData[(column * n) + i];
+                    xHat[k] = xHatData[(column * n) + i];
                 }
 
                 int s = (group * n) + i;
@@ -347,48 +382,133 @@ internal sealed class NormalizationEngine
         public void Run(int start, int end)
         {
             NormalizationCache cache = _cache!;
-            int n = cache.BatchSize, blocks = cache.RowBlocks, rows = cache.SegmentRows;
-            bool stream = (long)n * cache.Features >= ColumnKernels.StreamingThreshold;
+            int blocks = cache.RowBlocks, rows = cache.SegmentRows;
+            var step = new Segments(
+                DenseColumns.Data(_x!), DenseColumns.Data(cache.NormalizedMatrix), DenseColumns.Data(_y!), DenseColumns.Data(_gamma!), DenseColumns.Data(_beta!), cache, this);
             Span<double> mean = cache.WritableMean, variance = cache.WritableVariance, inverseStd = cache.WritableInverseStd;
-            Span<double> xHat = DenseColumns.Data(cache.NormalizedMatrix);
-            Span<double> gamma = DenseColumns.Data(_gamma!), beta = DenseColumns.Data(_beta!);
-            for (int j = start; j < end; j++)
+
+            // Segment k is block k mod blocks of column k / blocks, and lies at [k·rows, (k + 1)·rows) of the data.
+            int k = start * blocks, last = end * blocks;
+            if (rows <= QuadKernels.MaxLength && QuadKernels.IsSupported)
             {
-                for (int b = 0; b < blocks; b++)
+                // Short segments four at a time: their reductions and scalar arithmetic share vectors.
+                ref double x = ref MemoryMarshal.GetReference(step.X);
+                for (; k <= last - 4; k += 4)
                 {
-                    // Block b of column j: the whole column unless ghost batches split it.
-                    int k = (j * blocks) + b, offset = (j * n) + (b * rows);
-                    ReadOnlySpan<double> x = DenseColumns.Column(_x!, j).Slice(b * rows, rows);
-                    double center, correction;
+                    Vector256<double> center, correction, segmentVariance;
                     if (_given)
                     {
-                        center = engine._center[k];
-                        correction = engine._correction[k];
-                        variance[k] = engine._givenVariance[k];
+                        center = Vector256.LoadUnsafe(ref engine._center[k]);
+                        correction = Vector256.LoadUnsafe(ref engine._correction[k]);
+                        segmentVariance = Vector256.LoadUnsafe(ref engine._givenVariance[k]);
                     }
                     else
                     {
-                        // The mean is kept in two parts, center + correction: see ColumnKernels.Moments.
-                        ColumnKernels.Moments(x, out center, out correction, out variance[k]);
+                        QuadKernels.Moments(ref Unsafe.Add(ref x, k * rows), rows, out center, out correction, out segmentVariance);
                     }
 
-                    mean[k] = center + correction;
-                    if (!double.IsFinite(mean[k]) || !double.IsFinite(variance[k]))
+                    Vector256<double> segmentMean = center + correction;
+                    Vector256<double> segmentInverseStd = QuadKernels.InverseStandardDeviation(segmentVariance, cache.Epsilon);
+                    segmentMean.StoreUnsafe(ref mean[k]);
+                    segmentVariance.StoreUnsafe(ref variance[k]);
+                    segmentInverseStd.StoreUnsafe(ref inverseStd[k]);
+                    step.Normalize(k, center, correction, segmentMean, segmentVariance, segmentInverseStd);
+                }
+            }
+
+            for (; k < last; k++)
+            {
+                double center, correction;
+                if (_given)
+                {
+                    center = engine._center[k];
+                    correction = engine._correction[k];
+                    variance[k] = engine._givenVariance[k];
+                }
+                else
+                {
+                    // The mean is kept in two parts, center + correction: see ColumnKernels.Moments.
+                    ColumnKernels.Moments(step.X.Slice(k * rows, rows), out center, out correction, out variance[k]);
+                }
+
+                mean[k] = center + correction;
+                inverseStd[k] = ElementFormulas.InverseStandardDeviation(variance[k], cache.Epsilon);
+                step.Normalize(k, center, correction, mean[k], variance[k], inverseStd[k]);
+            }
+        }
+
+        /// <summary>The spans and settings of one Forward over a range of columns.</summary>
+        private readonly ref struct Segments(
+            ReadOnlySpan<double> x, Span<double> xHat, Span<double> y, ReadOnlySpan<double> gamma, ReadOnlySpan<double> beta, NormalizationCache cache, ColumnForward forward)
+        {
+            private readonly Span<double> _xHat = xHat, _y = y;
+            private readonly ReadOnlySpan<double> _gamma = gamma, _beta = beta;
+            private readonly int _rows = cache.SegmentRows, _blocks = cache.RowBlocks;
+            private readonly bool _stream = (long)cache.BatchSize * cache.Features >= ColumnKernels.StreamingThreshold;
+
+            public ReadOnlySpan<double> X { get; } = x;
+
+            /// <summary>x̂ and y of segments k to k + 3, given their statistics lane by lane, as <see cref="Normalize(int, double, double, double, double, double)"/>.</summary>
+            public void Normalize(int k, Vector256<double> center, Vector256<double> correction, Vector256<double> mean, Vector256<double> variance, Vector256<double> inverseStd)
+            {
+                if (!Vector256.EqualsAll((mean - mean) + (variance - variance), Vector256<double>.Zero) || forward._affine is not null)
+                {
+                    for (int s = 0; s < 4; s++)
                     {
-                        Record(ref _fault, new StepFault(j, FaultCause.Statistics));
-                        break;
+                        Normalize(k + s, center.GetElement(s), correction.GetElement(s), mean.GetElement(s), variance.GetElement(s), inverseStd.GetElement(s));
                     }
 
-                    inverseStd[k] = ElementFormulas.InverseStandardDeviation(variance[k], cache.Epsilon);
-                    double scale = gamma[j], shift = beta[j];
-                    _affine?.Affine(j, mean[k], variance[k], ref scale, ref shift);
-                    Span<double> blockXHat = xHat.Slice(offset, rows), blockY = DenseColumns.Column(_y!, j).Slice(b * rows, rows);
-                    if (!ColumnKernels.Normalize(x, center, correction, inverseStd[k], scale, shift, blockXHat, blockY, stream)
-                        && OutputFault(j, blockXHat, blockY, scale, shift) is { Failed: true } fault)
+                    return;
+                }
+
+                Vector256<double> gamma, beta;
+                if (_blocks == 1)
+                {
+                    gamma = Vector256.LoadUnsafe(ref MemoryMarshal.GetReference(_gamma), (nuint)k);
+                    beta = Vector256.LoadUnsafe(ref MemoryMarshal.GetReference(_beta), (nuint)k);
+                }
+                else
+                {
+                    gamma = Vector256.Create(_gamma[k / _blocks], _gamma[(k + 1) / _blocks], _gamma[(k + 2) / _blocks], _gamma[(k + 3) / _blocks]);
+                    beta = Vector256.Create(_beta[k / _blocks], _beta[(k + 1) / _blocks], _beta[(k + 2) / _blocks], _beta[(k + 3) / _blocks]);
+                }
+
+                int at = k * _rows;
+                int bad = QuadKernels.Normalize(
+                    ref Unsafe.Add(ref MemoryMarshal.GetReference(X), at), _rows, center, correction, inverseStd, gamma, beta, ref Unsafe.Add(ref MemoryMarshal.GetReference(_xHat), at), ref Unsafe.Add(ref MemoryMarshal.GetReference(_y), at));
+                for (int s = 0; bad != 0 && s < 4; s++)
+                {
+                    int j = (k + s) / _blocks, segment = at + (s * _rows);
+                    if ((bad & (1 << s)) != 0 && OutputFault(j, _xHat.Slice(segment, _rows), _y.Slice(segment, _rows), _gamma[j], _beta[j]) is { Failed: true } fault)
                     {
-                        Record(ref _fault, fault);
-                        break;
+                        Record(ref forward._fault, fault);
                     }
+                }
+            }
+
+            /// <summary>
+            /// x̂ and y of segment k, given its statistics (the mean also as center + correction); records the segment's
+            /// column if its statistics or its output are not finite.
+            /// </summary>
+            public void Normalize(int k, double center, double correction, double mean, double variance, double inverseStd)
+            {
+                int j = _blocks == 1 ? k : k / _blocks;
+                if (!double.IsFinite(mean) || !double.IsFinite(variance))
+                {
+                    Record(ref forward._fault, new StepFault(j, FaultCause.Statistics));
+                    return;
+                }
+
+                double scale = _gamma[j], shift = _beta[j];
+                forward._affine?.Affine(j, mean, variance, ref scale, ref shift);
+                Span<double> xHat = _xHat.Slice(k * _rows, _rows), y = _y.Slice(k * _rows, _rows);
+                bool finite = _rows <= QuadKernels.MaxLength && QuadKernels.IsSupported
+                    ? QuadKernels.Normalize(ref MemoryMarshal.GetReference(X.Slice(k * _rows)), _rows, center, correction, inverseStd, scale, shift, ref MemoryMarshal.GetReference(xHat), ref MemoryMarshal.GetReference(y))
+                    : ColumnKernels.Normalize(X.Slice(k * _rows, _rows), center, correction, inverseStd, scale, shift, xHat, y, _stream);
+                if (!finite
+                    && OutputFault(j, xHat, y, scale, shift) is { Failed: true } fault)
+                {
+                    Record(ref forward._fault, fault);
                 }
             }
         }
@@ -421,32 +541,67 @@ internal sealed class NormalizationEngine
             int blocks = cache.RowBlocks, rows = cache.SegmentRows, sumCount = strategy.SumCount;
             bool stream = (long)cache.BatchSize * cache.Features >= ColumnKernels.StreamingThreshold;
             ReadOnlySpan<double> inverseStd = cache.InverseStandardDeviation;
-            for (int j = start; j < end; j++)
+            int k = start * blocks, last = end * blocks;
+            if (_steps == BackwardSteps.Both && rows <= QuadKernels.MaxLength && QuadKernels.IsSupported)
             {
-                for (int b = 0; b < blocks; b++)
+                // Short segments four at a time, where the strategy has a pass for that; segment k lies at k·rows.
+                ref double dy = ref MemoryMarshal.GetReference(DenseColumns.Data(_dy!));
+                ref double xHat = ref MemoryMarshal.GetReference(cache.NormalizedInput);
+                ref double dx = ref MemoryMarshal.GetReference(DenseColumns.Data(_dx!));
+                double[] scale = _scale!;
+                for (; k <= last - 4; k += 4)
                 {
-                    int k = (j * blocks) + b;
-                    var segment = new BackwardSegment(
-                        DenseColumns.Column(_dy!, j).Slice(b * rows, rows),
-                        cache.NormalizedColumn(j).Slice(b * rows, rows),
-                        _scale![j],
-                        cache.Variance[k],
-                        inverseStd[k],
-                        cache.Epsilon,
+                    Vector256<double> gamma = blocks == 1
+                        ? Vector256.LoadUnsafe(ref scale[k])
+                        : Vector256.Create(scale[k / blocks], scale[(k + 1) / blocks], scale[(k + 2) / blocks], scale[(k + 3) / blocks]);
+                    int offset = k * rows;
+                    int bad = strategy.QuadBackward(
+                        ref Unsafe.Add(ref dy, offset),
+                        ref Unsafe.Add(ref xHat, offset),
+                        rows,
+                        gamma,
+                        Vector256.Create(inverseStd[k], inverseStd[k + 1], inverseStd[k + 2], inverseStd[k + 3]),
                         cache.FrozenStatistics,
-                        cache.SegmentValues,
-                        cache.SegmentOffset,
-                        stream);
-                    Span<double> sums = engine._sums.AsSpan(k * sumCount, sumCount), dx = DenseColumns.Column(_dx!, j).Slice(b * rows, rows);
-                    if ((_steps & BackwardSteps.Sums) != 0)
+                        engine._sums.AsSpan(k * sumCount, 4 * sumCount),
+                        ref Unsafe.Add(ref dx, offset));
+                    if (bad < 0)
                     {
-                        strategy.SumsUnchecked(segment, sums, dx);
+                        break;
                     }
 
-                    if ((_steps & BackwardSteps.InputGradient) != 0 && !strategy.InputGradientFinite(segment, sums, dx))
+                    for (int s = 0; bad != 0 && s < 4; s++)
                     {
-                        Record(ref _fault, new StepFault(j, FaultCause.InputGradient));
+                        if ((bad & (1 << s)) != 0)
+                        {
+                            Record(ref _fault, new StepFault((k + s) / blocks, FaultCause.InputGradient));
+                        }
                     }
+                }
+            }
+
+            for (; k < last; k++)
+            {
+                int j = k / blocks, b = k % blocks;
+                var segment = new BackwardSegment(
+                    DenseColumns.Column(_dy!, j).Slice(b * rows, rows),
+                    cache.NormalizedColumn(j).Slice(b * rows, rows),
+                    _scale![j],
+                    cache.Variance[k],
+                    inverseStd[k],
+                    cache.Epsilon,
+                    cache.FrozenStatistics,
+                    cache.SegmentValues,
+                    cache.SegmentOffset,
+                    stream);
+                Span<double> sums = engine._sums.AsSpan(k * sumCount, sumCount), dx = DenseColumns.Column(_dx!, j).Slice(b * rows, rows);
+                if ((_steps & BackwardSteps.Sums) != 0)
+                {
+                    strategy.SumsUnchecked(segment, sums, dx);
+                }
+
+                if ((_steps & BackwardSteps.InputGradient) != 0 && !strategy.InputGradientFinite(segment, sums, dx))
+                {
+                    Record(ref _fault, new StepFault(j, FaultCause.InputGradient));
                 }
             }
         }

@@ -109,9 +109,10 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
     {
         // The running statistics are public vectors, so they are checked here rather than trusted: inference divides by
         // them, and training averages into them.
-        for (int j = 0; j < Features; j++)
+        ReadOnlySpan<double> runningMean = DenseColumns.Data(RunningMean), runningVariance = DenseColumns.Data(RunningVariance);
+        for (int j = 0; j < runningMean.Length; j++)
         {
-            if (!double.IsFinite(RunningMean[j]) || !(RunningVariance[j] >= 0) || double.IsPositiveInfinity(RunningVariance[j]))
+            if (!double.IsFinite(runningMean[j]) || !(runningVariance[j] >= 0) || double.IsPositiveInfinity(runningVariance[j]))
             {
                 return new StepFault(j, FaultCause.RunningStatistics);
             }
@@ -152,6 +153,7 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
         DenseColumns.Data(RunningMean).CopyTo(_nextMean);
         DenseColumns.Data(RunningVariance).CopyTo(_nextVariance);
         long batches = BatchesTracked;
+        ReadOnlySpan<double> mean = next.Mean, variance = next.Variance;
         for (int b = 0; b < blocks; b++)
         {
             // Saturates rather than wraps after long.MaxValue batches; the cumulative average then hardly moves anyway.
@@ -160,8 +162,8 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
             for (int j = 0; j < Features; j++)
             {
                 int k = (j * blocks) + b;
-                _nextMean[j] = ((1 - m) * _nextMean[j]) + (m * next.Mean[k]);
-                _nextVariance[j] = ((1 - m) * _nextVariance[j]) + (m * next.Variance[k] * bessel);
+                _nextMean[j] = ((1 - m) * _nextMean[j]) + (m * mean[k]);
+                _nextVariance[j] = ((1 - m) * _nextVariance[j]) + (m * variance[k] * bessel);
             }
         }
 
