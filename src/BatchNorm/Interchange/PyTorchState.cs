@@ -29,6 +29,8 @@ namespace BatchNorm;
 /// shape, or a value the layer's own state refuses (a non-finite value, a negative running variance or batch count) is a
 /// <see cref="FormatException"/> that names the problem and the tensor, and leaves every layer as it was. Export refuses,
 /// like <see cref="NormalizationLayer.ExportState"/>, a layer holding a value an import would refuse.</para>
+/// <para><b>Threads and allocation.</b> Call it between steps, as <see cref="NormalizationLayer.ImportState"/>; it
+/// allocates the file's bytes, or the values it reads.</para>
 /// </remarks>
 public static class PyTorchState
 {
