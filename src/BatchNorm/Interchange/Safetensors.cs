@@ -237,8 +237,8 @@ internal static class Safetensors
             throw Malformed($"{tensor} has the dtype '{Quote(dtype)}', which the format does not define");
         }
 
-        long[] shape = Integers(element, "shape", tensor, length: null);
-        long[] offsets = Integers(element, "data_offsets", tensor, length: 2);
+        long[] shape = IntegerList(element, "shape", tensor, length: null);
+        long[] offsets = IntegerList(element, "data_offsets", tensor, length: 2);
         long elements = 1, bytes;
         try
         {
@@ -258,7 +258,7 @@ internal static class Safetensors
         return new Entry(name, dtype, shape, offsets[0], offsets[1], bytes);
     }
 
-    private static long[] Integers(JsonElement element, string field, string tensor, int? length)
+    private static long[] IntegerList(JsonElement element, string field, string tensor, int? length)
     {
         if (!element.TryGetProperty(field, out JsonElement array) || array.ValueKind != JsonValueKind.Array
             || (length is int n && array.GetArrayLength() != n))
