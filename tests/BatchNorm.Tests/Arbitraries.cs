@@ -83,6 +83,15 @@ public static class Arbitraries
             select new StateMutation(kind, seed, mutation, position, value?.ToJsonString())).ToArbitrary();
     }
 
+    /// <summary>A layer type with a PyTorch counterpart, a seed to train it, and a way to damage its safetensors export (see <see cref="SafetensorsDamage"/>).</summary>
+    public static Arbitrary<SafetensorsDamage> SafetensorsDamages() => (
+        from kind in Gen.Elements(PyTorchStateTests.MappedKindNames)
+        from seed in Gen.Choose(0, 1000)
+        from damage in Gen.Choose(0, 3)
+        from position in Gen.Choose(0, 10_000)
+        from value in Gen.Choose(0, 1000)
+        select new SafetensorsDamage(kind, seed, damage, position, value)).ToArbitrary();
+
     /// <summary>
     /// Two-row columns for the accuracy bounds: means from 1e-6 to 1e10 of either sign, spreads from 1e-14 of the mean
     /// plus 1e-6 to 1, ε of 1e-5 or from 1e-15 to 1e5, γ in [−2, 2] and dy in [−1, 1].
@@ -202,6 +211,18 @@ public sealed record StateMutation(string Kind, int Seed, int Mutation, int Posi
     /// <inheritdoc/>
     public override string ToString() => string.Create(CultureInfo.InvariantCulture, $"{Kind}, seed {Seed}, mutation {Mutation} at {Position}, value {Value ?? "null"}");
 }
+
+/// <summary>
+/// A damaged safetensors file: the export of a layer of <paramref name="Kind"/> trained from <paramref name="Seed"/>,
+/// truncated (0), with a byte changed by <paramref name="Value"/> (1), set to a JSON character (2) or removed (3), at
+/// <paramref name="Position"/>.
+/// </summary>
+/// <param name="Kind">The layer type.</param>
+/// <param name="Seed">The training seed.</param>
+/// <param name="Damage">The kind of damage.</param>
+/// <param name="Position">Where, modulo the file's length.</param>
+/// <param name="Value">What the byte becomes.</param>
+public sealed record SafetensorsDamage(string Kind, int Seed, int Damage, int Position, int Value);
 
 /// <summary>Shorthand for <see cref="Arb.From{T}(Gen{T})"/>.</summary>
 internal static class GenExtensions

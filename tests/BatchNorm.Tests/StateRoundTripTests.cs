@@ -155,7 +155,8 @@ public class StateRoundTripTests
         }
     }
 
-    private static INormalizationLayer Trained(string kind, int seed)
+    /// <summary>A layer of <paramref name="kind"/> after one step from <paramref name="seed"/>: γ, β and the running statistics away from their initial values.</summary>
+    internal static INormalizationLayer Trained(string kind, int seed)
     {
         INormalizationLayer layer = ContractTests.Create(kind);
         (Matrix<double> x, Matrix<double> dy) = ContractTests.Batch(8, 6, seed);

@@ -11,7 +11,8 @@ namespace BatchNorm;
 /// <summary>
 /// Saved state as JSON, for every layer type: a format name ("BatchNorm." + the type's name) and version, the feature
 /// count, ε, γ and β, then the type's own fields (running statistics, groups, renorm's limits). Reading checks
-/// everything a layer needs before the layer writes anything.
+/// everything a layer needs before the layer writes anything. Some fields may travel outside the JSON, as tensors of
+/// another format (<see cref="ExternalFields"/>): they are written and read through the same calls and kept to the same rules.
 /// </summary>
 internal sealed class LayerState
 {
@@ -30,10 +31,12 @@ internal sealed class LayerState
     };
 
     private readonly JsonElement _root;
+    private readonly ExternalFields? _external;
 
-    private LayerState(JsonElement root, string format, int features, double epsilon, double[] gamma, double[] beta)
+    private LayerState(JsonElement root, ExternalFields? external, string format, int features, double epsilon, double[] gamma, double[] beta)
     {
         _root = root;
+        _external = external;
         Format = format;
         Features = features;
         Epsilon = epsilon;
@@ -59,14 +62,14 @@ internal sealed class LayerState
     /// <summary>The format name a layer type saves under.</summary>
     public static string FormatOf(Type layerType) => FormatPrefix + layerType.Name;
 
-    /// <summary>Writes a layer's state: the common fields, then the type's own.</summary>
-    public static string Export(NormalizationLayer layer)
+    /// <summary>Writes a layer's state: the common fields, then the type's own; the fields of <paramref name="external"/> go there instead.</summary>
+    public static string Export(NormalizationLayer layer, ExternalFields? external = null)
     {
         using var buffer = new MemoryStream();
         using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
         {
             json.WriteStartObject();
-            var writer = new Writer(json);
+            var writer = new Writer(json, external);
             json.WriteString("format", FormatOf(layer.GetType()));
             json.WriteNumber("version", FormatVersion);
             json.WriteNumber("features", layer.Features);
@@ -80,9 +83,12 @@ internal sealed class LayerState
         return Encoding.UTF8.GetString(buffer.ToArray());
     }
 
-    /// <summary>Parses and checks a state of the given format: the common fields in full; the type's own are read by the layer.</summary>
+    /// <summary>
+    /// Parses and checks a state of the given format: the common fields in full; the type's own are read by the layer.
+    /// The fields <paramref name="external"/> holds are read from it rather than from the JSON.
+    /// </summary>
     /// <exception cref="FormatException">Not valid JSON, another format or version, or a missing or invalid common field.</exception>
-    public static LayerState Parse(string text, string? expectedFormat)
+    public static LayerState Parse(string text, string? expectedFormat, ExternalFields? external = null)
     {
         JsonDocument document;
         try
@@ -133,7 +139,7 @@ internal sealed class LayerState
                 throw new FormatException(string.Create(CultureInfo.InvariantCulture, $"'epsilon' must be positive, not {epsilon}."));
             }
 
-            return new LayerState(root, format, features, epsilon, ReadArray(root, "gamma", features), ReadArray(root, "beta", features));
+            return new LayerState(root, external, format, features, epsilon, ReadArray(root, external, "gamma", features), ReadArray(root, external, "beta", features));
         }
     }
 
@@ -201,12 +207,20 @@ internal sealed class LayerState
 
     /// <summary>Reads a non-negative integer field.</summary>
     public long Count(string name)
-        => Required(_root, name, JsonValueKind.Number).TryGetInt64(out long value) && value >= 0
+    {
+        long value = 0;
+        bool external = _external is not null && _external.TryGetCount(name, out value);
+        bool read = external || Required(_root, name, JsonValueKind.Number).TryGetInt64(out value);
+        return read && value >= 0
             ? value
-            : throw new FormatException($"'{name}' must be a non-negative integer.");
+            : throw new FormatException($"'{(external ? _external!.ShownName(name) : name)}' must be a non-negative integer.");
+    }
 
     /// <summary>Reads an array of <see cref="Features"/> finite numbers, each at least 0 when <paramref name="nonNegative"/> is set.</summary>
-    public double[] Array(string name, bool nonNegative = false) => ReadArray(_root, name, Features, nonNegative);
+    public double[] Array(string name, bool nonNegative = false) => ReadArray(_root, _external, name, Features, nonNegative);
+
+    /// <summary>At most 40 characters of a value quoted in a message, so that a huge string does not flood it.</summary>
+    internal static string Quote(string text) => text.Length <= 40 ? text : string.Concat(text.AsSpan(0, 40), "…");
 
     /// <summary>
     /// The rule every saved value keeps, checked in one place for both directions: what Export would refuse to write,
@@ -217,29 +231,35 @@ internal sealed class LayerState
             : nonNegative && value < 0 ? "must not be negative"
             : null;
 
-    /// <summary>At most 40 characters of a value quoted in a message, so that a huge string does not flood it.</summary>
-    private static string Quote(string text) => text.Length <= 40 ? text : string.Concat(text.AsSpan(0, 40), "…");
-
-    private static double[] ReadArray(JsonElement root, string name, int features, bool nonNegative = false)
+    /// <summary>Reads an array field from the JSON, or from <paramref name="external"/> when it holds the field; either way checked by one rule.</summary>
+    private static double[] ReadArray(JsonElement root, ExternalFields? external, string name, int features, bool nonNegative = false)
     {
-        JsonElement array = Required(root, name, JsonValueKind.Array);
-        if (array.GetArrayLength() != features)
+        double[]? given = null;
+        JsonElement array = default;
+        if (external is not null && external.TryGetVector(name, out given))
         {
-            throw new FormatException(string.Create(CultureInfo.InvariantCulture, $"'{name}' has {array.GetArrayLength()} values, but 'features' is {features}."));
+            name = external.ShownName(name);
+        }
+        else
+        {
+            array = Required(root, name, JsonValueKind.Array);
+        }
+
+        int count = given?.Length ?? array.GetArrayLength();
+        if (count != features)
+        {
+            throw new FormatException(string.Create(CultureInfo.InvariantCulture, $"'{name}' has {count} values, but 'features' is {features}."));
         }
 
         var values = new double[features];
-        int i = 0;
-        foreach (JsonElement item in array.EnumerateArray())
+        for (int i = 0; i < features; i++)
         {
             string element = string.Create(CultureInfo.InvariantCulture, $"{name}[{i}]");
-            values[i] = Number(item, element);
+            values[i] = given is null ? Number(array[i], element) : given[i];
             if (Violation(values[i], nonNegative) is string problem)
             {
                 throw new FormatException(string.Create(CultureInfo.InvariantCulture, $"'{element}' {problem}, not {values[i]:R}."));
             }
-
-            i++;
         }
 
         return values;
@@ -270,8 +290,8 @@ internal sealed class LayerState
         return value;
     }
 
-    /// <summary>Writes the fields of a state.</summary>
-    internal readonly struct Writer(Utf8JsonWriter json)
+    /// <summary>Writes the fields of a state: into the JSON, or into <paramref name="external"/> for the fields it holds.</summary>
+    internal readonly struct Writer(Utf8JsonWriter json, ExternalFields? external)
     {
         public void Number(string name, double value) => json.WriteNumber(name, value);
 
@@ -287,19 +307,42 @@ internal sealed class LayerState
             }
         }
 
-        public void Integer(string name, long value) => json.WriteNumber(name, value);
+        public void Integer(string name, long value)
+        {
+            if (external is not null && external.Holds(name))
+            {
+                external.SetCount(name, value);
+                return;
+            }
 
-        /// <summary>Writes a vector, refusing (before writing anything of it) a value that an import would refuse.</summary>
+            json.WriteNumber(name, value);
+        }
+
+        /// <summary>
+        /// Writes a vector, refusing (before writing anything of it) a value that an import would refuse; a field held by
+        /// the external fields is checked only if they ask for it, under the name they give it.
+        /// </summary>
         /// <exception cref="InvalidOperationException">A value is not finite, or negative where it must not be; the message names it.</exception>
         public void Array(string name, Vector<double> values, bool nonNegative = false)
         {
-            for (int i = 0; i < values.Count; i++)
+            bool outside = external is not null && external.Holds(name);
+            if (!outside || external!.CheckOnWrite)
             {
-                if (Violation(values[i], nonNegative) is string problem)
+                string shown = outside ? external!.ShownName(name) : name;
+                for (int i = 0; i < values.Count; i++)
                 {
-                    throw new InvalidOperationException(
-                        string.Create(CultureInfo.InvariantCulture, $"The layer cannot be saved: {name}[{i}] is {values[i]:R}, but a saved {name} {problem}."));
+                    if (Violation(values[i], nonNegative) is string problem)
+                    {
+                        throw new InvalidOperationException(
+                            string.Create(CultureInfo.InvariantCulture, $"The layer cannot be saved: {shown}[{i}] is {values[i]:R}, but a saved {shown} {problem}."));
+                    }
                 }
+            }
+
+            if (outside)
+            {
+                external!.SetVector(name, values.ToArray());
+                return;
             }
 
             json.WriteStartArray(name);

@@ -250,17 +250,8 @@ public abstract class NormalizationLayer : INormalizationLayer
     {
         using var call = new Call(this);
         Guard.NotNull(json, nameof(json));
-        LayerState state = LayerState.Parse(json, StateFormat);
-        if (StateShapeMismatch(state) is string mismatch)
-        {
-            throw new ArgumentException(mismatch, nameof(json));
-        }
-
-        Action? applyOwnFields = ReadStateFields(state);
-        state.ApplyCommon(this);
-        applyOwnFields?.Invoke();
-        _cache = null;
-        _spareCache = null;
+        Action apply = PrepareImport(LayerState.Parse(json, StateFormat), nameof(json));
+        apply();
     }
 
     /// <summary>Creates a layer of whatever type a state written by <see cref="ExportState"/> holds.</summary>
@@ -348,6 +339,36 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// layer, or null when the type has none. The import applies it only once every field has been read.
     /// </summary>
     internal virtual Action? ReadStateFields(LayerState state) => null;
+
+    /// <summary>
+    /// Checks a parsed state against this layer and reads the type's own fields, writing nothing; returns what writes the
+    /// state into the layer and drops the cache. Every import goes through here, whatever format the state came in.
+    /// </summary>
+    /// <exception cref="ArgumentException">The state is for another shape (feature or group count).</exception>
+    /// <exception cref="FormatException">A field of the type's own is missing or invalid.</exception>
+    internal Action PrepareImport(LayerState state, string parameterName)
+    {
+        if (StateShapeMismatch(state) is string mismatch)
+        {
+            throw new ArgumentException(mismatch, parameterName);
+        }
+
+        Action? applyOwnFields = ReadStateFields(state);
+        return () =>
+        {
+            state.ApplyCommon(this);
+            applyOwnFields?.Invoke();
+            _cache = null;
+            _spareCache = null;
+        };
+    }
+
+    /// <summary>Runs what <see cref="PrepareImport"/> returned, as one call on the layer.</summary>
+    internal void CommitImport(Action apply)
+    {
+        using var call = new Call(this);
+        apply();
+    }
 
     /// <summary>Sets ε from an imported state.</summary>
     internal void SetEpsilon(double epsilon) => Epsilon = epsilon;
