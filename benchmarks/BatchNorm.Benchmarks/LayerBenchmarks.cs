@@ -15,7 +15,7 @@ public class LayerBenchmarks
     private Matrix<double> _x = null!, _y = null!, _dy = null!, _dx = null!, _copy = null!;
 
     /// <summary>Gets or sets the batch shape, N×D.</summary>
-    [Params("64x128", "256x1024", "4096x512", "32768x64")]
+    [Params("32x128", "64x128", "128x256", "256x1024", "4096x512", "32768x64")]
     public string Shape { get; set; } = "64x128";
 
     /// <summary>Builds the layers and matrices and runs one step of each so caches exist.</summary>

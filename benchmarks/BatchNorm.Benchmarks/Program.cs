@@ -7,10 +7,11 @@ using Perfolizer.Horology;
 
 // dotnet run -c Release --project benchmarks/BatchNorm.Benchmarks -- --filter '*'
 // Results land in BenchmarkDotNet.Artifacts/results; the committed copies are in benchmarks/results.
-// With the single argument "ratios" it prints the same-process ratio table instead (see SameRunRatios).
-if (args is ["ratios"])
+// With the argument "ratios" it prints the same-process ratio table instead (see SameRunRatios), of every shape or of
+// the shapes that follow, as in "ratios 32x128 64x128".
+if (args is ["ratios", ..])
 {
-    System.Console.WriteLine(BatchNorm.Benchmarks.SameRunRatios.Run());
+    System.Console.WriteLine(BatchNorm.Benchmarks.SameRunRatios.Run(shapes: args[1..]));
     return;
 }
 
