@@ -42,7 +42,7 @@ internal static class MpiJob
 
     /// <summary>
     /// Runs <c>mpirun -n ranks dotnet program args</c>, as root where the tests run as root, with more ranks than cores
-    /// allowed; fails if it does not end within <paramref name="timeout"/> (then it and every rank are killed) or ends
+    /// allowed and waiting ranks yielding their core (on a busy machine, spinning ranks slow each other down); fails if it does not end within <paramref name="timeout"/> (then it and every rank are killed) or ends
     /// with an exit code other than 0.
     /// </summary>
     /// <returns>What the job printed.</returns>
@@ -50,7 +50,7 @@ internal static class MpiJob
     {
         string dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host ? host : "dotnet";
         var start = new ProcessStartInfo(Mpirun!) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (string a in (string[])["-n", ranks.ToString(System.Globalization.CultureInfo.InvariantCulture), "--oversubscribe", dotnet, program, .. args])
+        foreach (string a in (string[])["-n", ranks.ToString(System.Globalization.CultureInfo.InvariantCulture), "--oversubscribe", "--mca", "mpi_yield_when_idle", "1", dotnet, program, .. args])
         {
             start.ArgumentList.Add(a);
         }
