@@ -15,6 +15,12 @@ public sealed class MpiDataParallel(MpiStatisticsExchange exchange) : IDataParal
 {
     private double[] _buffer = [];
 
+    /// <summary>Gets the number of MPI_Allreduce calls so far.</summary>
+    public long Calls { get; private set; }
+
+    /// <summary>Gets the doubles this rank has sent in them so far.</summary>
+    public long Sent { get; private set; }
+
     /// <inheritdoc/>
     public (int Start, int Count) Shard(int batchSize)
     {
@@ -23,7 +29,7 @@ public sealed class MpiDataParallel(MpiStatisticsExchange exchange) : IDataParal
     }
 
     /// <inheritdoc/>
-    public void Sum(Span<double> values) => exchange.AllReduceSum(values);
+    public void Sum(Span<double> values) => AllReduceSum(values);
 
     /// <summary>
     /// Adds up the Linear layers' gradients over all ranks, in one MPI_Allreduce. γ and β of the synchronized batch norm
@@ -46,8 +52,15 @@ public sealed class MpiDataParallel(MpiStatisticsExchange exchange) : IDataParal
         }
 
         Walk(network, (gradient, slot) => gradient.CopyTo(slot));
-        exchange.AllReduceSum(_buffer);
+        AllReduceSum(_buffer);
         Walk(network, (gradient, slot) => slot.CopyTo(gradient));
+    }
+
+    private void AllReduceSum(Span<double> values)
+    {
+        Calls++;
+        Sent += values.Length;
+        exchange.AllReduceSum(values);
     }
 
     /// <summary>Pairs each gradient array of the Linear layers with its slot of the buffer.</summary>

@@ -60,6 +60,8 @@ static int Run(int epochs, int seed, double[] rates, BackwardStrategy strategy, 
         return 1;
     }
 
+    // One thread per rank: with a rank per core, MathNet's own worker threads would only compete with the other ranks.
+    MathNet.Numerics.Control.UseSingleThread();
     using MpiSession session = MpiSession.Start();
     var exchange = new MpiStatisticsExchange();
     bool lead = exchange.Rank == 0;
@@ -72,7 +74,8 @@ static int Run(int epochs, int seed, double[] rates, BackwardStrategy strategy, 
     var parallel = new MpiDataParallel(exchange);
     (int start, int count) = parallel.Shard(BatchSize);
     (int[] train, int[] test) = data.StratifiedSplit(testFraction: 0.2, seed);
-    var synchronized = new Normalization("batch", "BatchNorm", (features, s) => new BatchNormLayer(features, backward: s) { StatisticsExchange = exchange });
+    var counted = new CountingExchange(exchange);
+    var synchronized = new Normalization("batch", "BatchNorm", (features, s) => new BatchNormLayer(features, backward: s) { StatisticsExchange = counted });
     if (lead)
     {
         Console.WriteLine(Invariant($"{MpiSession.LibraryVersion.Split(',')[0]}, {exchange.WorkerCount} ranks; rank 0 trains on rows {start}–{start + count - 1} of every batch of {BatchSize}."));
@@ -91,6 +94,7 @@ static int Run(int epochs, int seed, double[] rates, BackwardStrategy strategy, 
             Console.WriteLine("  epoch      loss   train acc   test acc");
         }
 
+        (long gatherCalls, long gatherSent, long reduceCalls, long reduceSent) = (counted.Calls, counted.Sent, parallel.Calls, parallel.Sent);
         var clock = Stopwatch.StartNew();
         IReadOnlyList<EpochResult> results = trainer.Train(settings, epochs, strategy, seed, epochDone: epoch =>
         {
@@ -110,6 +114,9 @@ static int Run(int epochs, int seed, double[] rates, BackwardStrategy strategy, 
         if (lead)
         {
             string epochsTo(double threshold) => Trainer.EpochsTo(results, threshold)?.ToString(CultureInfo.InvariantCulture) ?? "never";
+            long steps = epochs * (train.Length / BatchSize);
+            double PerStep(long now, long before, int bytes) => bytes * (now - before) / (double)steps;
+            Console.WriteLine(Invariant($"  per step, each rank: batch norm {PerStep(counted.Calls, gatherCalls, 1):F0} MPI_Allgather calls sending {PerStep(counted.Sent, gatherSent, 8):F0} bytes, the rest {PerStep(parallel.Calls, reduceCalls, 1):F0} MPI_Allreduce calls sending {PerStep(parallel.Sent, reduceSent, 8):F0} bytes ({steps} steps)"));
             Console.WriteLine(Invariant($"  final test accuracy {last.TestAccuracy:P1}, epochs to 90% {epochsTo(0.90)}, to 95% {epochsTo(0.95)}; {epochs} epochs in {seconds:F1} s; every rank ends with the same loss and accuracy: {(agree ? "yes" : "NO")}"));
         }
 
