@@ -15,10 +15,11 @@ namespace BatchNorm.Mpi.Tests;
 /// </summary>
 internal static class MpiJob
 {
+    /// <summary>How to get mpirun, for a skipped or failed test.</summary>
+    private const string Install = "install OpenMPI: apt-get install openmpi-bin libopenmpi-dev (.ci/run does so where mpirun is missing).";
+
     /// <summary>What a skipped test says, on a machine without MPI.</summary>
-    public const string SkipMessage =
-        "mpirun is not on PATH, so the multi-process MPI tests are skipped. To run them, install OpenMPI: "
-        + "apt-get install openmpi-bin libopenmpi-dev (.ci/run does so where mpirun is missing).";
+    public const string SkipMessage = "mpirun is not on PATH, so the multi-process MPI tests are skipped. To run them, " + Install;
 
     /// <summary>Gets the full path of mpirun on PATH, or null.</summary>
     public static string? Mpirun { get; } = (Environment.GetEnvironmentVariable("PATH") ?? "")
@@ -34,7 +35,7 @@ internal static class MpiJob
     {
         if (Mpirun is null && Environment.GetEnvironmentVariable("BATCHNORM_REQUIRE_MPI") == "1")
         {
-            Assert.Fail("BATCHNORM_REQUIRE_MPI=1, but " + SkipMessage);
+            Assert.Fail("BATCHNORM_REQUIRE_MPI=1 asks for the multi-process MPI tests, but mpirun is not on PATH: " + Install);
         }
 
         Skip.If(Mpirun is null, SkipMessage);
