@@ -91,6 +91,9 @@ public sealed class Network
         _norms = [normalization?.Invoke(hidden.First), normalization?.Invoke(hidden.Second)];
     }
 
+    /// <summary>Gets the three Linear layers, in order, for code that combines their gradients across processes.</summary>
+    public IReadOnlyList<Linear> LinearLayers => _linear;
+
     /// <summary>Switches the normalization layers between training and inference.</summary>
     /// <param name="training">True while training.</param>
     public void SetTraining(bool training)

@@ -35,8 +35,10 @@ public sealed class Trainer(DigitsData data, int[] train, int[] test, int batchS
     /// <param name="seed">The seed for the weights and the batch order.</param>
     /// <param name="progress">Called after every batch with (epoch, batch, batches).</param>
     /// <param name="epochDone">Called after every epoch with its result.</param>
+    /// <param name="parallel">For data-parallel training: this process's share of each batch and how gradients are
+    /// combined across processes; null to train on whole batches in this process alone.</param>
     /// <returns>One result per epoch.</returns>
-    public IReadOnlyList<EpochResult> Train(RunSettings settings, int epochs, BackwardStrategy strategy, int seed, Action<int, int, int>? progress = null, Action<EpochResult>? epochDone = null)
+    public IReadOnlyList<EpochResult> Train(RunSettings settings, int epochs, BackwardStrategy strategy, int seed, Action<int, int, int>? progress = null, Action<EpochResult>? epochDone = null, IDataParallel? parallel = null)
     {
         ArgumentNullException.ThrowIfNull(settings);
         var network = new Network((128, 64), settings.Normalization.Create is { } create ? features => create(features, strategy) : null, seed);
@@ -54,13 +56,25 @@ public sealed class Trainer(DigitsData data, int[] train, int[] test, int batchS
             for (int b = 0; b < batches && !diverged; b++)
             {
                 ArraySegment<int> indices = new(order, b * batchSize, batchSize);
-                (double loss, Matrix<double> gradient, int right) = TrainingLoss(network, indices);
+                (int start, int count) = parallel?.Shard(batchSize) ?? (0, batchSize);
+                (double loss, Matrix<double> gradient, int right) = TrainingLoss(network, indices.Slice(start, count));
+                if (parallel is not null)
+                {
+                    // This process's rows' share of the whole batch's mean loss; the shares of all processes add up to it.
+                    double share = (double)count / batchSize;
+                    gradient = gradient.Multiply(share);
+                    Span<double> totals = [loss * share, right];
+                    parallel.Sum(totals);
+                    (loss, right) = (totals[0], (int)totals[1]);
+                }
+
                 lossSum += loss;
                 correct += right;
                 diverged = !double.IsFinite(loss);
                 if (!diverged)
                 {
                     network.Backward(gradient);
+                    parallel?.CombineGradients(network);
                     network.Step(settings.LearningRate);
                 }
 
