@@ -25,6 +25,8 @@ public readonly ref struct BackwardSegment
     /// <param name="frozenStatistics">Whether μ and σ² were constants (running statistics) rather than computed from the values.</param>
     /// <param name="count">The number of values normalized together; the length of the spans when null.</param>
     /// <param name="offset">The index of this part's first value among them; 0 when the segment is whole.</param>
+    /// <param name="centered">Whether the forward pass subtracted the mean (batch, layer, group and instance norm) or not
+    /// (RMS norm, where <paramref name="variance"/> is the mean square and x̂ = x/√(ms + ε)).</param>
     /// <exception cref="ArgumentException">The spans differ in length, or the part does not fit in [0, count).</exception>
     /// <exception cref="ArgumentOutOfRangeException">A scalar is out of range.</exception>
     public BackwardSegment(
@@ -35,7 +37,8 @@ public readonly ref struct BackwardSegment
         double epsilon,
         bool frozenStatistics = false,
         int? count = null,
-        int offset = 0)
+        int offset = 0,
+        bool centered = true)
     {
         Guard.Length(normalizedInput.Length, outputGradient.Length, nameof(normalizedInput), "the output gradient of the segment");
         Guard.Epsilon(epsilon);
@@ -53,12 +56,22 @@ public readonly ref struct BackwardSegment
         }
 
         this = new BackwardSegment(
-            outputGradient, normalizedInput, gamma, variance, ElementFormulas.InverseStandardDeviation(variance, epsilon), epsilon, frozenStatistics, total, offset, stream: false);
+            outputGradient, normalizedInput, gamma, variance, ElementFormulas.InverseStandardDeviation(variance, epsilon), epsilon, frozenStatistics, total, offset, stream: false, centered);
     }
 
     /// <summary>The engine's constructor: the arguments are known to fit, and 1/√(σ² + ε) is the one the Forward used.</summary>
     internal BackwardSegment(
-        ReadOnlySpan<double> outputGradient, ReadOnlySpan<double> normalizedInput, double gamma, double variance, double inverseStandardDeviation, double epsilon, bool frozenStatistics, int count, int offset, bool stream)
+        ReadOnlySpan<double> outputGradient,
+        ReadOnlySpan<double> normalizedInput,
+        double gamma,
+        double variance,
+        double inverseStandardDeviation,
+        double epsilon,
+        bool frozenStatistics,
+        int count,
+        int offset,
+        bool stream,
+        bool centered)
     {
         OutputGradient = outputGradient;
         NormalizedInput = normalizedInput;
@@ -70,6 +83,7 @@ public readonly ref struct BackwardSegment
         Count = count;
         Offset = offset;
         Stream = stream;
+        Centered = centered;
     }
 
     /// <summary>Gets dL/dy of this worker's values of the segment.</summary>
@@ -98,6 +112,12 @@ public readonly ref struct BackwardSegment
 
     /// <summary>Gets the index of this worker's first value among the <see cref="Count"/>.</summary>
     public int Offset { get; }
+
+    /// <summary>
+    /// Gets whether the forward pass subtracted the mean: true for batch, layer, group and instance norm; false for RMS
+    /// norm, whose graph has no node μ (x̂ = x/√(ms + ε) with ms = mean(x²) in <see cref="Variance"/>).
+    /// </summary>
+    public bool Centered { get; }
 
     /// <summary>Gets the number of values this worker holds, the length of the spans.</summary>
     public int Length => OutputGradient.Length;

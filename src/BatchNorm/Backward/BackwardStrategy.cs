@@ -45,6 +45,13 @@ public abstract class BackwardStrategy
     public abstract string Name { get; }
 
     /// <summary>
+    /// Gets whether the strategy handles segments normalized without centering (<see cref="BackwardSegment.Centered"/>
+    /// false: RMS norm, whose graph has no node μ). False by default, so that <see cref="RMSNormLayer"/> refuses a strategy
+    /// written for batch norm's graph rather than compute a wrong gradient; both built-in strategies handle them.
+    /// </summary>
+    public virtual bool SupportsUncentered => false;
+
+    /// <summary>
     /// Gets how many sums <see cref="SegmentSumsCore"/> writes per segment: at least <see cref="ParameterSums"/>, since the
     /// first two are Σ dy·x̂ and Σ dy.
     /// </summary>

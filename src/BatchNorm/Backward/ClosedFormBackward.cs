@@ -28,6 +28,9 @@ internal sealed class ClosedFormBackward : BackwardStrategy
 {
     public override string Name => "closed";
 
+    /// <summary>Handles RMS norm's segments: without centering the Σdy term drops out, dx = γ·istd·(dy − x̂·mean(dy·x̂)).</summary>
+    public override bool SupportsUncentered => true;
+
     /// <summary>Σdy·x̂, Σdy, and for two-value segments dy₁ − dy₂.</summary>
     public override int SumCount => 3;
 
@@ -72,8 +75,10 @@ internal sealed class ClosedFormBackward : BackwardStrategy
             return double.IsFinite(first);
         }
 
+        // Without centering (RMS norm) μ is no node of the graph, and its term, mean(dy), drops out.
         int n = segment.Count;
-        return ColumnKernels.ClosedFormInputGradient(segment.OutputGradient, segment.NormalizedInput, sums[1] / n, sums[0] / n, scale, inputGradient, segment.Stream);
+        double meanDy = segment.Centered ? sums[1] / n : 0;
+        return ColumnKernels.ClosedFormInputGradient(segment.OutputGradient, segment.NormalizedInput, meanDy, sums[0] / n, scale, inputGradient, segment.Stream);
     }
 
     /// <summary>
@@ -114,7 +119,7 @@ internal sealed class ClosedFormBackward : BackwardStrategy
         {
             int first = g * size;
             ReadOnlySpan<double> inverseStd = cache.InverseStandardDeviation.Slice(g * n, n), variance = cache.Variance.Slice(g * n, n);
-            if (size == 2)
+            if (size == 2 && cache.Centered)
             {
                 for (int i = 0; i < n; i++)
                 {
@@ -131,6 +136,12 @@ internal sealed class ClosedFormBackward : BackwardStrategy
             LaneKernels.ScaledSumAndDot(dyData, xHat, n, first, size, gamma, meanG, meanGXHat, scratch);
             ColumnKernels.Divide(meanG, size);
             ColumnKernels.Divide(meanGXHat, size);
+            if (!cache.Centered)
+            {
+                // RMS norm: no node μ, so no mean(g) term.
+                meanG.Clear();
+            }
+
 
             finite &= LaneKernels.ClosedFormInputGradient(dyData, xHat, n, first, size, gamma, meanG, meanGXHat, inverseStd, dxData);
         }
@@ -138,7 +149,7 @@ internal sealed class ClosedFormBackward : BackwardStrategy
         return true;
     }
 
-    private static bool IsTwoValues(in BackwardSegment segment) => segment.Count == 2 && !segment.FrozenStatistics;
+    private static bool IsTwoValues(in BackwardSegment segment) => segment.Count == 2 && !segment.FrozenStatistics && segment.Centered;
 
     /// <summary>
     /// dx₁ = γ·ε·(σ² + ε)^(−3/2)·(dy₁ − dy₂)/2, the two-value gradient without cancellation, with (σ² + ε)^(−3/2) formed as

@@ -61,6 +61,12 @@ public sealed class NormalizationCache
     /// </summary>
     public bool FrozenStatistics { get; internal set; }
 
+    /// <summary>
+    /// Gets whether the Forward subtracted the mean: true for every layer but <see cref="RMSNormLayer"/>, whose
+    /// <see cref="Mean"/> is 0 and whose <see cref="Variance"/> holds the mean square, ms = mean(x²).
+    /// </summary>
+    public bool Centered { get; internal set; } = true;
+
     /// <summary>Gets the ε the layer normalized with.</summary>
     public double Epsilon { get; internal set; }
 
@@ -106,8 +112,12 @@ public sealed class NormalizationCache
     /// <summary>With synchronized workers, the index of this worker's first row among all workers' rows; otherwise 0.</summary>
     internal int SegmentOffset { get; set; }
 
-    /// <summary>Whether the Forward was synchronized across workers, so its Backward must exchange its sums too.</summary>
-    internal bool Synchronized { get; set; }
+    /// <summary>
+    /// Gets whether the Forward was synchronized across workers (<see cref="BatchNormLayer.StatisticsExchange"/>), so that its
+    /// Backward exchanges its sums too and the layer's γ and β gradients are those of all workers' rows together; after any
+    /// other Forward they are this worker's alone.
+    /// </summary>
+    public bool Synchronized { get; internal set; }
 
     internal Span<double> WritableMean => _mean;
 

@@ -25,6 +25,9 @@ internal sealed class StagedBackward : BackwardStrategy
 {
     public override string Name => "staged";
 
+    /// <summary>Walks RMS norm's graph too: the same nodes without μ (see <see cref="SegmentSumsCore"/>).</summary>
+    public override bool SupportsUncentered => true;
+
     /// <summary>dγ, dβ, dσ², the direct part of dμ, and Σ(x − μ).</summary>
     public override int SumCount => 5;
 
@@ -36,6 +39,15 @@ internal sealed class StagedBackward : BackwardStrategy
         {
             // μ and σ² were the running statistics, constants here: no paths through them.
             sums[2] = sums[3] = sums[4] = 0;
+            return;
+        }
+
+        if (!segment.Centered)
+        {
+            // RMS norm's graph: ms = (1/N)·Σᵢ xᵢ², x̂ᵢ = xᵢ·(ms + ε)^(−½), y = γ·x̂. There is no node μ; node ms stands where σ²
+            // stood, with xᵢ where xᵢ − μ was.
+            sums[2] = MeanSquareNode(segment.NormalizedInput, segment.InverseStandardDeviation, inputGradient);
+            sums[3] = sums[4] = 0;
             return;
         }
 
@@ -56,8 +68,33 @@ internal sealed class StagedBackward : BackwardStrategy
         }
 
         double dVariance = sums[2];
+        if (!segment.Centered)
+        {
+            // Node x of RMS norm: each xᵢ feeds x̂ᵢ and ms; with no μ, dμ = 0 and node x has two paths instead of three.
+            InputNode(segment.NormalizedInput, segment.InverseStandardDeviation, segment.Count, dVariance, dMean: 0, inputGradient);
+            return;
+        }
+
         double dMean = MeanNode(sums[3], dVariance, sums[4], segment.Count);
         InputNode(segment.NormalizedInput, segment.InverseStandardDeviation, segment.Count, dVariance, dMean, inputGradient);
+    }
+
+    /// <summary>
+    /// Node ms = (1/N)·Σᵢ xᵢ² of RMS norm, which feeds every x̂ᵢ = xᵢ·(ms + ε)^(−½):
+    /// dL/dms = Σᵢ dx̂ᵢ·xᵢ·(−½)·(ms + ε)^(−3/2), where xᵢ = x̂ᵢ·√(ms + ε). It is <see cref="StatisticsNodes"/>' dσ² with xᵢ
+    /// in place of xᵢ − μ.
+    /// </summary>
+    internal static double MeanSquareNode(ReadOnlySpan<double> xHat, double inverseStd, ReadOnlySpan<double> dXHat)
+    {
+        double rms = 1.0 / inverseStd;
+        double dMeanSquare = 0;
+        for (int i = 0; i < xHat.Length; i++)
+        {
+            double x = xHat[i] * rms;
+            dMeanSquare += dXHat[i] * x * -0.5 * inverseStd * inverseStd * inverseStd;
+        }
+
+        return dMeanSquare;
     }
 
     /// <summary>

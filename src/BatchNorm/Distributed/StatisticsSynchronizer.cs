@@ -33,14 +33,20 @@ internal sealed class StatisticsSynchronizer(IStatisticsExchange exchange)
     /// order into the center, correction (the mean is their sum, kept in two parts as by <see cref="ColumnKernels.Moments"/>)
     /// and biased variance of each feature.
     /// </summary>
-    /// <returns>The total row count over all workers, the index of this worker's first row among them, and the first
-    /// column of this worker's own batch that holds NaN or infinity (−1 when none does).</returns>
-    /// <exception cref="ArgumentException">All workers together hold fewer than 2 rows; every worker throws it.</exception>
+    /// <param name="input">This worker's rows.</param>
+    /// <param name="channels">The channels: each is input.ColumnCount / channels adjacent columns, one contiguous run.</param>
+    /// <param name="center">Receives the merged mean's first part, per channel.</param>
+    /// <param name="correction">Receives its second part.</param>
+    /// <param name="variance">Receives the merged biased variance.</param>
+    /// <returns>The number of values per channel over all workers, the index of this worker's first value among them
+    /// (rows times positions), and the first channel of this worker's own batch that holds NaN or infinity (−1 when none
+    /// does).</returns>
+    /// <exception cref="ArgumentException">All workers together hold fewer than 2 values per channel; every worker throws it.</exception>
     /// <exception cref="InvalidOperationException">Another worker rejected its arguments or its batch holds NaN or infinity,
     /// or the exchange reports an impossible worker count or rank.</exception>
-    public (int Total, int Offset, int BadColumn) MergeMoments(Matrix<double> input, Span<double> center, Span<double> correction, Span<double> variance)
+    public (int Total, int Offset, int BadColumn) MergeMoments(Matrix<double> input, int channels, Span<double> center, Span<double> correction, Span<double> variance)
     {
-        int n = input.RowCount, features = input.ColumnCount;
+        int n = input.RowCount * (input.ColumnCount / channels), features = channels;
         Span<double> local = _forward.Local(ForwardSlots * features);
         for (int j = 0; j < features; j++)
         {
@@ -48,7 +54,7 @@ internal sealed class StatisticsSynchronizer(IStatisticsExchange exchange)
             double mean = 0, offset = 0, squares = 0;
             if (n > 0)
             {
-                ColumnKernels.Moments(DenseColumns.Column(input, j), out mean, out offset, out double v);
+                ColumnKernels.Moments(DenseColumns.Data(input).Slice(j * n, n), out mean, out offset, out double v);
                 squares = v * n;
             }
 
@@ -78,7 +84,10 @@ internal sealed class StatisticsSynchronizer(IStatisticsExchange exchange)
         if (total < 2)
         {
             throw new ArgumentException(
-                string.Create(CultureInfo.InvariantCulture, $"Training needs at least 2 rows across all workers, but there are {total}."), nameof(input));
+                string.Create(
+                    CultureInfo.InvariantCulture,
+                    $"Training needs at least 2 values per channel across all workers (rows times positions), but there are {total}."),
+                nameof(input));
         }
 
         for (int j = 0; j < features; j++)

@@ -31,26 +31,29 @@ internal sealed class ColumnRunner
     /// <summary>Gets or sets the most threads a step may use, 1 for the calling thread only.</summary>
     public int MaxDegreeOfParallelism { get; set; } = Environment.ProcessorCount;
 
-    /// <summary>The number of threads a step over an N×D batch uses.</summary>
-    public int ThreadsFor(int rows, int features)
+    /// <summary>The number of threads a step over an N×D batch of <paramref name="units"/> units of work (columns, or channels) uses.</summary>
+    public int ThreadsFor(int rows, int features, int units)
     {
         long perThread = Math.Max(1, (long)rows * features / MinElementsPerThread);
-        return (int)Math.Min(Math.Min(MaxDegreeOfParallelism, ColumnWorkers.Count + 1), Math.Min(features, perThread));
+        return (int)Math.Min(Math.Min(MaxDegreeOfParallelism, ColumnWorkers.Count + 1), Math.Min(units, perThread));
     }
 
-    /// <summary>Runs <paramref name="work"/> over columns [0, features), split by <see cref="ThreadsFor"/>.</summary>
+    /// <summary>
+    /// Runs <paramref name="work"/> over units [0, <paramref name="units"/>) of an N×D batch (its columns, or its channels
+    /// of several columns each), split by <see cref="ThreadsFor"/>.
+    /// </summary>
     /// <exception cref="AggregateException">The work threw on a worker thread.</exception>
-    public void Run(IColumnWork work, int rows, int features)
+    public void Run(IColumnWork work, int rows, int features, int units)
     {
-        int threads = ThreadsFor(rows, features);
+        int threads = ThreadsFor(rows, features, units);
         if (threads <= 1)
         {
-            work.Run(0, features);
+            work.Run(0, units);
             return;
         }
 
         Job job = _job;
-        job.Prepare(work, features, threads);
+        job.Prepare(work, units, threads);
         for (int k = 1; k < threads; k++)
         {
             ColumnWorkers.TryAssign(job, k);

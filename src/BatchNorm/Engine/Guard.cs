@@ -24,6 +24,18 @@ internal static class Guard
         }
     }
 
+    /// <summary>Throws unless S ≥ 1 and C·S columns fit in an int.</summary>
+    public static void SpatialSize(int channels, int spatialSize, string parameterName = "spatialSize")
+    {
+        if (spatialSize <= 0 || (long)channels * spatialSize > int.MaxValue)
+        {
+            throw new ArgumentOutOfRangeException(
+                parameterName,
+                spatialSize,
+                spatialSize <= 0 ? "Each channel needs at least 1 position." : $"{channels} channels of {spatialSize} positions are more columns than a matrix can have.");
+        }
+    }
+
     /// <summary>Throws unless ε is positive and finite.</summary>
     public static void Epsilon(double epsilon, string parameterName = "epsilon")
     {

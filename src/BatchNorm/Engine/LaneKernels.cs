@@ -75,6 +75,17 @@ internal static class LaneKernels
     }
 
     /// <summary>
+    /// Per row, the mean square ms = (1/count)·Σⱼ xⱼ² over columns [first, first + count): RMS norm's statistic, in one
+    /// pass with the same blocked, compensated sums as <see cref="Moments"/>. Squares beyond the range of double make it ∞.
+    /// </summary>
+    public static void MeanSquares(ReadOnlySpan<double> data, int rows, int first, int count, Span<double> meanSquare, LaneScratch scratch)
+    {
+        Span<double> unused = scratch.Second(rows);
+        Reduce(data, data, rows, first, count, default, new SquareLanes(), default, meanSquare, unused, scratch);
+        ColumnKernels.Divide(meanSquare, count);
+    }
+
+    /// <summary>
     /// Per row, Σⱼ gⱼ and Σⱼ gⱼ·x̂ⱼ over columns [first, first + count), where gⱼ = γⱼ·dyⱼ is the gradient at x̂.
     /// </summary>
     public static void ScaledSumAndDot(ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, int rows, int first, int count, ReadOnlySpan<double> gamma, Span<double> sumG, Span<double> sumGXHat, LaneScratch scratch)
@@ -337,6 +348,16 @@ internal static class LaneKernels
             sum1 += d;
             sum2 = MultiplyAdd(d, d, sum2);
         }
+    }
+
+    /// <summary>Σ a², in the first sum; the second stays 0.</summary>
+    private readonly struct SquareLanes : ILaneReduceOp
+    {
+        public void Accumulate(Vector<double> a, Vector<double> b, Vector<double> lane, Vector<double> scalar, ref Vector<double> sum1, ref Vector<double> sum2)
+            => sum1 = MultiplyAdd(a, a, sum1);
+
+        public void Accumulate(double a, double b, double lane, double scalar, ref double sum1, ref double sum2)
+            => sum1 = MultiplyAdd(a, a, sum1);
     }
 
     /// <summary>Σ γ·a and Σ γ·a·b, γ per column.</summary>

@@ -1,4 +1,5 @@
 using System;
+using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -70,7 +71,7 @@ internal sealed class NormalizationEngine
         _forward.Start(x, y, cache, gamma, beta, affine, given);
         try
         {
-            Runner.Run(_forward, cache.BatchSize, cache.Features);
+            Runner.Run(_forward, cache.BatchSize, cache.Features, cache.ColumnBlocks);
             return _forward.Fault;
         }
         finally
@@ -79,9 +80,18 @@ internal sealed class NormalizationEngine
         }
     }
 
-    /// <summary>Normalizes a row-group layout: each group of each row with its own statistics, y = γ·x̂ + β per feature.</summary>
+    /// <summary>
+    /// Normalizes a row-group layout: each group of each row with its own statistics, y = γ·x̂ + β per column. Centered
+    /// (<see cref="NormalizationCache.Centered"/>), the statistics are μ and σ²; otherwise (RMS norm) the mean is 0 and the
+    /// variance slot holds the mean square, so that x̂ = x/√(ms + ε) by the same formula.
+    /// </summary>
+    /// <param name="x">The input, dense.</param>
+    /// <param name="y">Receives the output, dense.</param>
+    /// <param name="cache">Receives x̂ and the statistics.</param>
+    /// <param name="gamma">γ per column (a channel's value repeated over its positions).</param>
+    /// <param name="beta">β per column.</param>
     /// <returns>None, or the first segment (group·N + row) whose statistics are not finite, or the first column whose output is not.</returns>
-    public StepFault ForwardRows(Matrix<double> x, Matrix<double> y, NormalizationCache cache, Vector<double> gamma, Vector<double> beta)
+    public StepFault ForwardRows(Matrix<double> x, Matrix<double> y, NormalizationCache cache, ReadOnlySpan<double> gamma, ReadOnlySpan<double> beta)
     {
         SegmentLayout layout = cache.Layout;
         int n = layout.Rows, size = layout.SegmentColumns, segments = layout.Count;
@@ -92,7 +102,20 @@ internal sealed class NormalizationEngine
         // The statistics of every group of every row first: nothing is written to y until they are all finite.
         for (int g = 0; g < layout.ColumnBlocks; g++)
         {
-            LaneKernels.Moments(data, n, g * size, size, center.Slice(g * n, n), correction.Slice(g * n, n), variance.Slice(g * n, n), _lanes);
+            if (cache.Centered)
+            {
+                LaneKernels.Moments(data, n, g * size, size, center.Slice(g * n, n), correction.Slice(g * n, n), variance.Slice(g * n, n), _lanes);
+            }
+            else
+            {
+                LaneKernels.MeanSquares(data, n, g * size, size, variance.Slice(g * n, n), _lanes);
+            }
+        }
+
+        if (!cache.Centered)
+        {
+            center.Clear();
+            correction.Clear();
         }
 
         int s = 0;
@@ -124,7 +147,7 @@ internal sealed class NormalizationEngine
         for (int g = 0; g < layout.ColumnBlocks; g++)
         {
             bool finite = LaneKernels.Normalize(
-                data, n, g * size, size, center.Slice(g * n, n), correction.Slice(g * n, n), inverseStd.Slice(g * n, n), DenseColumns.Data(gamma), DenseColumns.Data(beta), xHat, output);
+                data, n, g * size, size, center.Slice(g * n, n), correction.Slice(g * n, n), inverseStd.Slice(g * n, n), gamma, beta, xHat, output);
             for (int j = g * size; !finite && j < (g + 1) * size; j++)
             {
                 StepFault fault = OutputFault(j, DenseColumns.Column(cache.NormalizedMatrix, j), DenseColumns.Column(y, j), gamma[j], beta[j]);
@@ -207,7 +230,7 @@ internal sealed class NormalizationEngine
         _backward.Start(strategy, cache, scale, dy, dx, steps);
         try
         {
-            Runner.Run(_backward, cache.BatchSize, cache.Features);
+            Runner.Run(_backward, cache.BatchSize, cache.Features, cache.ColumnBlocks);
             return _backward.Fault;
         }
         finally
@@ -297,7 +320,7 @@ internal sealed class NormalizationEngine
                 }
 
                 int s = (group * n) + i;
-                var segment = new BackwardSegment(g, xHat, 1, cache.Variance[s], cache.InverseStandardDeviation[s], cache.Epsilon, frozenStatistics: false, size, 0, stream: false);
+                var segment = new BackwardSegment(g, xHat, 1, cache.Variance[s], cache.InverseStandardDeviation[s], cache.Epsilon, frozenStatistics: false, size, 0, stream: false, cache.Centered);
                 strategy.SumsUnchecked(segment, sums, segmentDx);
                 if (!strategy.InputGradientFinite(segment, sums, segmentDx))
                 {
@@ -382,14 +405,26 @@ internal sealed class NormalizationEngine
         public void Run(int start, int end)
         {
             NormalizationCache cache = _cache!;
-            int blocks = cache.RowBlocks, rows = cache.SegmentRows;
+            SegmentLayout layout = cache.Layout;
+            int blocks = cache.RowBlocks, length = layout.SegmentLength;
             var step = new Segments(
                 DenseColumns.Data(_x!), DenseColumns.Data(cache.NormalizedMatrix), DenseColumns.Data(_y!), DenseColumns.Data(_gamma!), DenseColumns.Data(_beta!), cache, this);
             Span<double> mean = cache.WritableMean, variance = cache.WritableVariance, inverseStd = cache.WritableInverseStd;
 
-            // Segment k is block k mod blocks of column k / blocks, and lies at [k·rows, (k + 1)·rows) of the data.
+            // The range is of channels; segment k is block k mod blocks of channel k / blocks.
             int k = start * blocks, last = end * blocks;
-            if (rows <= QuadKernels.MaxLength && QuadKernels.IsSupported)
+            if (!layout.Contiguous)
+            {
+                for (; k < last; k++)
+                {
+                    step.NormalizeGathered(k, engine, _given);
+                }
+
+                return;
+            }
+
+            // Segment k lies at [k·length, (k + 1)·length) of the data.
+            if (length <= QuadKernels.MaxLength && QuadKernels.IsSupported)
             {
                 // Short segments four at a time: their reductions and scalar arithmetic share vectors.
                 ref double x = ref MemoryMarshal.GetReference(step.X);
@@ -404,7 +439,7 @@ internal sealed class NormalizationEngine
                     }
                     else
                     {
-                        QuadKernels.Moments(ref Unsafe.Add(ref x, k * rows), rows, out center, out correction, out segmentVariance);
+                        QuadKernels.Moments(ref Unsafe.Add(ref x, k * length), length, out center, out correction, out segmentVariance);
                     }
 
                     Vector256<double> segmentMean = center + correction;
@@ -418,8 +453,30 @@ internal sealed class NormalizationEngine
 
             for (; k < last; k++)
             {
-                double center, correction;
-                if (_given)
+                step.Statistics(k, step.X.Slice(k * length, length), engine, _given, out double center, out double correction);
+                step.Normalize(k, center, correction, mean[k], variance[k], inverseStd[k]);
+            }
+        }
+
+        /// <summary>The spans and settings of one Forward over a range of channels.</summary>
+        private readonly ref struct Segments(
+            ReadOnlySpan<double> x, Span<double> xHat, Span<double> y, ReadOnlySpan<double> gamma, ReadOnlySpan<double> beta, NormalizationCache cache, ColumnForward forward)
+        {
+            private readonly Span<double> _xHat = xHat, _y = y;
+            private readonly ReadOnlySpan<double> _gamma = gamma, _beta = beta;
+            private readonly int _length = cache.Layout.SegmentLength, _blocks = cache.RowBlocks;
+            private readonly bool _stream = (long)cache.BatchSize * cache.Features >= ColumnKernels.StreamingThreshold;
+
+            public ReadOnlySpan<double> X { get; } = x;
+
+            /// <summary>
+            /// The statistics of segment k, whose values are <paramref name="values"/>: computed, or given; written into the
+            /// cache (μ, σ², 1/√(σ² + ε)), the mean also returned in its two parts.
+            /// </summary>
+            public void Statistics(int k, ReadOnlySpan<double> values, NormalizationEngine engine, bool given, out double center, out double correction)
+            {
+                Span<double> variance = cache.WritableVariance;
+                if (given)
                 {
                     center = engine._center[k];
                     correction = engine._correction[k];
@@ -428,25 +485,12 @@ internal sealed class NormalizationEngine
                 else
                 {
                     // The mean is kept in two parts, center + correction: see ColumnKernels.Moments.
-                    ColumnKernels.Moments(step.X.Slice(k * rows, rows), out center, out correction, out variance[k]);
+                    ColumnKernels.Moments(values, out center, out correction, out variance[k]);
                 }
 
-                mean[k] = center + correction;
-                inverseStd[k] = ElementFormulas.InverseStandardDeviation(variance[k], cache.Epsilon);
-                step.Normalize(k, center, correction, mean[k], variance[k], inverseStd[k]);
+                cache.WritableMean[k] = center + correction;
+                cache.WritableInverseStd[k] = ElementFormulas.InverseStandardDeviation(variance[k], cache.Epsilon);
             }
-        }
-
-        /// <summary>The spans and settings of one Forward over a range of columns.</summary>
-        private readonly ref struct Segments(
-            ReadOnlySpan<double> x, Span<double> xHat, Span<double> y, ReadOnlySpan<double> gamma, ReadOnlySpan<double> beta, NormalizationCache cache, ColumnForward forward)
-        {
-            private readonly Span<double> _xHat = xHat, _y = y;
-            private readonly ReadOnlySpan<double> _gamma = gamma, _beta = beta;
-            private readonly int _rows = cache.SegmentRows, _blocks = cache.RowBlocks;
-            private readonly bool _stream = (long)cache.BatchSize * cache.Features >= ColumnKernels.StreamingThreshold;
-
-            public ReadOnlySpan<double> X { get; } = x;
 
             /// <summary>x̂ and y of segments k to k + 3, given their statistics lane by lane, as <see cref="Normalize(int, double, double, double, double, double)"/>.</summary>
             public void Normalize(int k, Vector256<double> center, Vector256<double> correction, Vector256<double> mean, Vector256<double> variance, Vector256<double> inverseStd)
@@ -473,13 +517,13 @@ internal sealed class NormalizationEngine
                     beta = Vector256.Create(_beta[k / _blocks], _beta[(k + 1) / _blocks], _beta[(k + 2) / _blocks], _beta[(k + 3) / _blocks]);
                 }
 
-                int at = k * _rows;
+                int at = k * _length;
                 int bad = QuadKernels.Normalize(
-                    ref Unsafe.Add(ref MemoryMarshal.GetReference(X), at), _rows, center, correction, inverseStd, gamma, beta, ref Unsafe.Add(ref MemoryMarshal.GetReference(_xHat), at), ref Unsafe.Add(ref MemoryMarshal.GetReference(_y), at));
+                    ref Unsafe.Add(ref MemoryMarshal.GetReference(X), at), _length, center, correction, inverseStd, gamma, beta, ref Unsafe.Add(ref MemoryMarshal.GetReference(_xHat), at), ref Unsafe.Add(ref MemoryMarshal.GetReference(_y), at));
                 for (int s = 0; bad != 0 && s < 4; s++)
                 {
-                    int j = (k + s) / _blocks, segment = at + (s * _rows);
-                    if ((bad & (1 << s)) != 0 && OutputFault(j, _xHat.Slice(segment, _rows), _y.Slice(segment, _rows), _gamma[j], _beta[j]) is { Failed: true } fault)
+                    int j = (k + s) / _blocks, segment = at + (s * _length);
+                    if ((bad & (1 << s)) != 0 && OutputFault(j, _xHat.Slice(segment, _length), _y.Slice(segment, _length), _gamma[j], _beta[j]) is { Failed: true } fault)
                     {
                         Record(ref forward._fault, fault);
                     }
@@ -487,10 +531,35 @@ internal sealed class NormalizationEngine
             }
 
             /// <summary>
-            /// x̂ and y of segment k, given its statistics (the mean also as center + correction); records the segment's
-            /// column if its statistics or its output are not finite.
+            /// x̂ and y of segment k, a contiguous run of the data, given its statistics (the mean also as center + correction);
+            /// records the segment's channel if its statistics or its output are not finite.
             /// </summary>
             public void Normalize(int k, double center, double correction, double mean, double variance, double inverseStd)
+                => Normalize(k, X.Slice(k * _length, _length), center, correction, mean, variance, inverseStd, _xHat.Slice(k * _length, _length), _y.Slice(k * _length, _length));
+
+            /// <summary>
+            /// Statistics, x̂ and y of segment k, which is not a contiguous run of the data: gathered into scratch, computed
+            /// there, and x̂ and y scattered back.
+            /// </summary>
+            public void NormalizeGathered(int k, NormalizationEngine engine, bool given)
+            {
+                double[] scratch = ArrayPool<double>.Shared.Rent(3 * _length);
+                try
+                {
+                    Span<double> values = scratch.AsSpan(0, _length), xHat = scratch.AsSpan(_length, _length), y = scratch.AsSpan(2 * _length, _length);
+                    cache.Layout.Gather(X, k, values);
+                    Statistics(k, values, engine, given, out double center, out double correction);
+                    Normalize(k, values, center, correction, cache.Mean[k], cache.Variance[k], cache.InverseStandardDeviation[k], xHat, y);
+                    cache.Layout.Scatter(xHat, k, _xHat);
+                    cache.Layout.Scatter(y, k, _y);
+                }
+                finally
+                {
+                    ArrayPool<double>.Shared.Return(scratch);
+                }
+            }
+
+            private void Normalize(int k, ReadOnlySpan<double> x, double center, double correction, double mean, double variance, double inverseStd, Span<double> xHat, Span<double> y)
             {
                 int j = _blocks == 1 ? k : k / _blocks;
                 if (!double.IsFinite(mean) || !double.IsFinite(variance))
@@ -501,10 +570,9 @@ internal sealed class NormalizationEngine
 
                 double scale = _gamma[j], shift = _beta[j];
                 forward._affine?.Affine(j, mean, variance, ref scale, ref shift);
-                Span<double> xHat = _xHat.Slice(k * _rows, _rows), y = _y.Slice(k * _rows, _rows);
-                bool finite = _rows <= QuadKernels.MaxLength && QuadKernels.IsSupported
-                    ? QuadKernels.Normalize(ref MemoryMarshal.GetReference(X.Slice(k * _rows)), _rows, center, correction, inverseStd, scale, shift, ref MemoryMarshal.GetReference(xHat), ref MemoryMarshal.GetReference(y))
-                    : ColumnKernels.Normalize(X.Slice(k * _rows, _rows), center, correction, inverseStd, scale, shift, xHat, y, _stream);
+                bool finite = _length <= QuadKernels.MaxLength && QuadKernels.IsSupported
+                    ? QuadKernels.Normalize(ref MemoryMarshal.GetReference(x), _length, center, correction, inverseStd, scale, shift, ref MemoryMarshal.GetReference(xHat), ref MemoryMarshal.GetReference(y))
+                    : ColumnKernels.Normalize(x, center, correction, inverseStd, scale, shift, xHat, y, _stream);
                 if (!finite
                     && OutputFault(j, xHat, y, scale, shift) is { Failed: true } fault)
                 {
@@ -538,27 +606,56 @@ internal sealed class NormalizationEngine
         {
             BackwardStrategy strategy = _strategy!;
             NormalizationCache cache = _cache!;
-            int blocks = cache.RowBlocks, rows = cache.SegmentRows, sumCount = strategy.SumCount;
+            SegmentLayout layout = cache.Layout;
+            int blocks = cache.RowBlocks, length = layout.SegmentLength, sumCount = strategy.SumCount;
             bool stream = (long)cache.BatchSize * cache.Features >= ColumnKernels.StreamingThreshold;
             ReadOnlySpan<double> inverseStd = cache.InverseStandardDeviation;
+            Span<double> dyData = DenseColumns.Data(_dy!), dxData = DenseColumns.Data(_dx!);
+            ReadOnlySpan<double> xHatData = cache.NormalizedInput;
+
+            // The range is of channels; segment k is block k mod blocks of channel k / blocks.
             int k = start * blocks, last = end * blocks;
-            if (_steps == BackwardSteps.Both && rows <= QuadKernels.MaxLength && QuadKernels.IsSupported)
+            if (!layout.Contiguous)
             {
-                // Short segments four at a time, where the strategy has a pass for that; segment k lies at k·rows.
-                ref double dy = ref MemoryMarshal.GetReference(DenseColumns.Data(_dy!));
-                ref double xHat = ref MemoryMarshal.GetReference(cache.NormalizedInput);
-                ref double dx = ref MemoryMarshal.GetReference(DenseColumns.Data(_dx!));
+                // Each segment gathered into scratch, its dx scattered back. Ghost batches and synchronization do not
+                // combine, so both steps always run here together.
+                double[] scratch = ArrayPool<double>.Shared.Rent(3 * length);
+                try
+                {
+                    Span<double> dy = scratch.AsSpan(0, length), xHat = scratch.AsSpan(length, length), dx = scratch.AsSpan(2 * length, length);
+                    for (; k < last; k++)
+                    {
+                        layout.Gather(dyData, k, dy);
+                        layout.Gather(xHatData, k, xHat);
+                        Segment(strategy, cache, k, dy, xHat, dx, stream);
+                        layout.Scatter(dx, k, dxData);
+                    }
+                }
+                finally
+                {
+                    ArrayPool<double>.Shared.Return(scratch);
+                }
+
+                return;
+            }
+
+            if (_steps == BackwardSteps.Both && length <= QuadKernels.MaxLength && QuadKernels.IsSupported)
+            {
+                // Short segments four at a time, where the strategy has a pass for that; segment k lies at k·length.
+                ref double dy = ref MemoryMarshal.GetReference(dyData);
+                ref double xHat = ref MemoryMarshal.GetReference(xHatData);
+                ref double dx = ref MemoryMarshal.GetReference(dxData);
                 double[] scale = _scale!;
                 for (; k <= last - 4; k += 4)
                 {
                     Vector256<double> gamma = blocks == 1
                         ? Vector256.LoadUnsafe(ref scale[k])
                         : Vector256.Create(scale[k / blocks], scale[(k + 1) / blocks], scale[(k + 2) / blocks], scale[(k + 3) / blocks]);
-                    int offset = k * rows;
+                    int offset = k * length;
                     int bad = strategy.QuadBackward(
                         ref Unsafe.Add(ref dy, offset),
                         ref Unsafe.Add(ref xHat, offset),
-                        rows,
+                        length,
                         gamma,
                         Vector256.Create(inverseStd[k], inverseStd[k + 1], inverseStd[k + 2], inverseStd[k + 3]),
                         cache.FrozenStatistics,
@@ -581,28 +678,25 @@ internal sealed class NormalizationEngine
 
             for (; k < last; k++)
             {
-                int j = k / blocks, b = k % blocks;
-                var segment = new BackwardSegment(
-                    DenseColumns.Column(_dy!, j).Slice(b * rows, rows),
-                    cache.NormalizedColumn(j).Slice(b * rows, rows),
-                    _scale![j],
-                    cache.Variance[k],
-                    inverseStd[k],
-                    cache.Epsilon,
-                    cache.FrozenStatistics,
-                    cache.SegmentValues,
-                    cache.SegmentOffset,
-                    stream);
-                Span<double> sums = engine._sums.AsSpan(k * sumCount, sumCount), dx = DenseColumns.Column(_dx!, j).Slice(b * rows, rows);
-                if ((_steps & BackwardSteps.Sums) != 0)
-                {
-                    strategy.SumsUnchecked(segment, sums, dx);
-                }
+                Segment(strategy, cache, k, dyData.Slice(k * length, length), xHatData.Slice(k * length, length), dxData.Slice(k * length, length), stream);
+            }
+        }
 
-                if ((_steps & BackwardSteps.InputGradient) != 0 && !strategy.InputGradientFinite(segment, sums, dx))
-                {
-                    Record(ref _fault, new StepFault(j, FaultCause.InputGradient));
-                }
+        /// <summary>The strategy's steps on segment k, whose dy and x̂ are given as contiguous runs; dx goes to <paramref name="dx"/>.</summary>
+        private void Segment(BackwardStrategy strategy, NormalizationCache cache, int k, ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, Span<double> dx, bool stream)
+        {
+            int j = k / cache.RowBlocks, sumCount = strategy.SumCount;
+            var segment = new BackwardSegment(
+                dy, xHat, _scale![j], cache.Variance[k], cache.InverseStandardDeviation[k], cache.Epsilon, cache.FrozenStatistics, cache.SegmentValues, cache.SegmentOffset, stream, centered: true);
+            Span<double> sums = engine._sums.AsSpan(k * sumCount, sumCount);
+            if ((_steps & BackwardSteps.Sums) != 0)
+            {
+                strategy.SumsUnchecked(segment, sums, dx);
+            }
+
+            if ((_steps & BackwardSteps.InputGradient) != 0 && !strategy.InputGradientFinite(segment, sums, dx))
+            {
+                Record(ref _fault, new StepFault(j, FaultCause.InputGradient));
             }
         }
     }

@@ -1,3 +1,5 @@
+using System;
+
 namespace BatchNorm;
 
 /// <summary>
@@ -9,8 +11,9 @@ namespace BatchNorm;
 /// <remarks>
 /// <para>Two geometries:</para>
 /// <list type="bullet">
-/// <item><b>Column blocks</b> (batch norm, ghost batches): a segment is a block of rows of one column, a contiguous
-/// span of MathNet's column-major storage; the kernels walk down it.</item>
+/// <item><b>Column blocks</b> (batch norm, ghost batches): a segment is a block of rows of one channel's columns (one
+/// column, or the S columns of a channel of S positions); the kernels walk down it. It is one contiguous span of
+/// MathNet's column-major storage unless it takes only some rows of several columns (see <see cref="Contiguous"/>).</item>
 /// <item><b>Row groups</b> (layer and group norm): a segment is a group of adjacent columns of one row, strided in
 /// storage. The kernels sweep down the contiguous columns instead and treat the rows as SIMD lanes, one segment per lane.</item>
 /// </list>
@@ -50,11 +53,49 @@ internal readonly record struct SegmentLayout
     /// <summary>Gets the number of segments.</summary>
     public int Count => RowBlocks * ColumnBlocks;
 
-    /// <summary>Each column cut into <paramref name="rowBlocks"/> blocks of consecutive rows (1 for plain batch norm).</summary>
-    public static SegmentLayout ColumnBlocksOf(int rows, int columns, int rowBlocks) => new(rows, columns, rowBlocks, columns, byRow: false);
+    /// <summary>
+    /// The columns taken <paramref name="columns"/>/<paramref name="channels"/> at a time (one channel's positions; 1 for
+    /// plain batch norm), each such group cut into <paramref name="rowBlocks"/> blocks of consecutive rows (1 without ghost
+    /// batches).
+    /// </summary>
+    public static SegmentLayout ColumnBlocksOf(int rows, int columns, int rowBlocks, int channels) => new(rows, columns, rowBlocks, channels, byRow: false);
+
+    /// <summary>Gets the values of one segment.</summary>
+    public int SegmentLength => SegmentRows * SegmentColumns;
+
+    /// <summary>
+    /// Gets whether each column-block segment is one contiguous run of the column-major data, segment k at
+    /// [k·<see cref="SegmentLength"/>, (k + 1)·<see cref="SegmentLength"/>): true unless a segment spans several columns
+    /// and only some of their rows (ghost batches over channels of several positions).
+    /// </summary>
+    public bool Contiguous => !ByRow && (RowBlocks == 1 || SegmentColumns == 1);
 
     /// <summary>Each row cut into <paramref name="groups"/> groups of adjacent columns (1 for layer norm).</summary>
     public static SegmentLayout RowGroupsOf(int rows, int columns, int groups) => new(rows, columns, rows, groups, byRow: true);
+
+    /// <summary>
+    /// Copies column-block segment k out of the column-major data into one contiguous run (<paramref name="into"/>, of
+    /// <see cref="SegmentLength"/> values): its S column pieces of <see cref="SegmentRows"/> values, in column order.
+    /// </summary>
+    public void Gather(ReadOnlySpan<double> data, int k, Span<double> into)
+    {
+        for (int s = 0; s < SegmentColumns; s++)
+        {
+            data.Slice(PieceOffset(k, s), SegmentRows).CopyTo(into.Slice(s * SegmentRows, SegmentRows));
+        }
+    }
+
+    /// <summary>The inverse of <see cref="Gather"/>: writes a contiguous run back into segment k's place in the data.</summary>
+    public void Scatter(ReadOnlySpan<double> from, int k, Span<double> data)
+    {
+        for (int s = 0; s < SegmentColumns; s++)
+        {
+            from.Slice(s * SegmentRows, SegmentRows).CopyTo(data.Slice(PieceOffset(k, s), SegmentRows));
+        }
+    }
+
+    /// <summary>Where column piece s of column-block segment k starts: column (k / RowBlocks)·S + s, row (k mod RowBlocks)·SegmentRows.</summary>
+    private int PieceOffset(int k, int s) => ((((k / RowBlocks) * SegmentColumns) + s) * Rows) + ((k % RowBlocks) * SegmentRows);
 
     /// <summary>The index of the segment holding element (row, column).</summary>
     public int IndexOf(int row, int column) => ((column / SegmentColumns) * RowBlocks) + (row / SegmentRows);

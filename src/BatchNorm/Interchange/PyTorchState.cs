@@ -11,9 +11,14 @@ namespace BatchNorm;
 /// safetensors. One file holds any number of layers under different prefixes.
 /// </summary>
 /// <remarks>
-/// <para><b>Counterparts.</b> <see cref="BatchNormLayer"/> is <c>torch.nn.BatchNorm1d</c>, <see cref="LayerNormLayer"/>
-/// is <c>torch.nn.LayerNorm</c> over the last dimension, <see cref="GroupNormLayer"/> is <c>torch.nn.GroupNorm</c>.
-/// <see cref="BatchRenormLayer"/> has none (PyTorch has no batch renormalization) and is refused.</para>
+/// <para><b>Counterparts.</b> <see cref="BatchNormLayer"/> is <c>torch.nn.BatchNorm1d</c> (over C channels of S positions
+/// as well: γ and the statistics have C values), <see cref="InstanceNormLayer"/> is <c>torch.nn.InstanceNorm1d</c>,
+/// <see cref="LayerNormLayer"/> is <c>torch.nn.LayerNorm</c> over the last dimension, <see cref="GroupNormLayer"/> is
+/// <c>torch.nn.GroupNorm</c>, <see cref="RMSNormLayer"/> of one group is <c>torch.nn.RMSNorm</c> over the last dimension
+/// (PyTorch 2.4 and later; only <c>weight</c>). A layer that is not affine has no <c>weight</c> and <c>bias</c>, and one
+/// without running statistics no <c>running_mean</c>, <c>running_var</c> and <c>num_batches_tracked</c>, as in PyTorch.
+/// <see cref="BatchRenormLayer"/> has none (PyTorch has no batch renormalization) and is refused, as is an RMS norm of
+/// several groups.</para>
 /// <para><b>Conventions.</b> The values are copied exactly, with no conversion: PyTorch's <c>running_var</c> is the unbiased
 /// variance and its momentum the weight of the new batch, as here, and <c>num_batches_tracked</c> is
 /// <see cref="RunningStatisticsLayer.BatchesTracked"/>, which a cumulative average (momentum null, PyTorch's
@@ -41,16 +46,36 @@ public static class PyTorchState
     {
         [typeof(BatchNormLayer)] = new(
             "torch.nn.BatchNorm1d",
-            layer => Call("torch.nn.BatchNorm1d", Number(layer.Features), Keyword("eps", layer.Epsilon), Keyword("momentum", ((BatchNormLayer)layer).Momentum)),
-            [Module.Weight, Module.Bias, new("running_mean", "runningMean", false), new("running_var", "runningVariance", false), new("num_batches_tracked", "batchesTracked", true)]),
+            layer => Call(
+                "torch.nn.BatchNorm1d",
+                Number(layer.Channels),
+                Keyword("eps", layer.Epsilon),
+                Keyword("momentum", ((BatchNormLayer)layer).Momentum),
+                Flag("affine", layer.IsAffine),
+                Flag("track_running_stats", ((BatchNormLayer)layer).TracksRunningStatistics)),
+            [Module.Weight, Module.Bias, .. Module.RunningStatistics]),
+        [typeof(InstanceNormLayer)] = new(
+            "torch.nn.InstanceNorm1d",
+            layer => Call(
+                "torch.nn.InstanceNorm1d",
+                Number(layer.Channels),
+                Keyword("eps", layer.Epsilon),
+                Keyword("momentum", ((InstanceNormLayer)layer).Momentum),
+                Flag("affine", layer.IsAffine, whenFalse: false),
+                Flag("track_running_stats", ((InstanceNormLayer)layer).TracksRunningStatistics, whenFalse: false)),
+            [Module.Weight, Module.Bias, .. Module.RunningStatistics]),
         [typeof(LayerNormLayer)] = new(
             "torch.nn.LayerNorm",
-            layer => Call("torch.nn.LayerNorm", Number(layer.Features), Keyword("eps", layer.Epsilon)),
+            layer => Call("torch.nn.LayerNorm", Number(layer.Features), Keyword("eps", layer.Epsilon), Flag("elementwise_affine", layer.IsAffine)),
             [Module.Weight, Module.Bias]),
         [typeof(GroupNormLayer)] = new(
             "torch.nn.GroupNorm",
-            layer => Call("torch.nn.GroupNorm", Number(((GroupNormLayer)layer).Groups), Number(layer.Features), Keyword("eps", layer.Epsilon)),
+            layer => Call("torch.nn.GroupNorm", Number(((GroupNormLayer)layer).Groups), Number(layer.Channels), Keyword("eps", layer.Epsilon), Flag("affine", layer.IsAffine)),
             [Module.Weight, Module.Bias]),
+        [typeof(RMSNormLayer)] = new(
+            "torch.nn.RMSNorm",
+            layer => Call("torch.nn.RMSNorm", Number(layer.Features), Keyword("eps", layer.Epsilon), Flag("elementwise_affine", layer.IsAffine)),
+            [Module.Weight]),
     };
 
     /// <summary>Why a layer type has no counterpart.</summary>
@@ -200,6 +225,12 @@ public static class PyTorchState
                 throw new ArgumentException($"{type.Name} has no PyTorch counterpart: {why}.", parameterName);
             }
 
+            if (layer is RMSNormLayer { Groups: > 1 } rms)
+            {
+                throw new ArgumentException(
+                    $"An RMSNormLayer of {rms.Groups} groups has no PyTorch counterpart: torch.nn.RMSNorm normalizes whole rows. Save it with ExportState() instead.", parameterName);
+            }
+
             foreach (TensorName t in module.Tensors)
             {
                 if (!keys.Add(prefix + t.Key))
@@ -214,7 +245,10 @@ public static class PyTorchState
         return checkedLayers;
     }
 
-    private static string Call(string module, params string[] arguments) => $"{module}({string.Join(", ", arguments)})";
+    private static string Call(string module, params string[] arguments) => $"{module}({string.Join(", ", arguments.Where(a => a.Length > 0))})";
+
+    /// <summary>A boolean keyword argument, written only where it differs from the module's default (true unless <paramref name="whenFalse"/> says the default is false).</summary>
+    private static string Flag(string name, bool value, bool whenFalse = true) => value == whenFalse ? string.Empty : $"{name}={(value ? "True" : "False")}";
 
     private static string Number(int value) => value.ToString(CultureInfo.InvariantCulture);
 
@@ -234,6 +268,9 @@ public static class PyTorchState
         public static readonly TensorName Weight = new("weight", "gamma", false);
 
         public static readonly TensorName Bias = new("bias", "beta", false);
+
+        public static readonly TensorName[] RunningStatistics =
+            [new("running_mean", "runningMean", false), new("running_var", "runningVariance", false), new("num_batches_tracked", "batchesTracked", true)];
 
         /// <summary>The module's tensors as external fields of the saved state, named as the file names them.</summary>
         public ExternalFields Fields(string prefix, bool checkOnWrite)

@@ -24,6 +24,10 @@ namespace BatchNorm;
 /// (<see cref="StatisticsExchange"/>) are ways of cutting the batch into segments on the same engine. Bad input,
 /// threads and allocation follow <see cref="NormalizationLayer"/>.</para>
 /// </remarks>
+[System.Diagnostics.CodeAnalysis.SuppressMessage(
+    "ApiDesign",
+    "RS0026:Do not add multiple public overloads with optional parameters",
+    Justification = "The per-feature and the channels-by-positions constructors differ in a required parameter (spatialSize), so no call is ambiguous.")]
 public sealed class BatchNormLayer : RunningStatisticsLayer
 {
     private int? _virtualBatchSize;
@@ -35,11 +39,34 @@ public sealed class BatchNormLayer : RunningStatisticsLayer
     /// <param name="momentum">m in [0, 1], the weight of the new batch in the running statistics (PyTorch's convention;
     /// Keras' momentum is 1 − m). Null gives a cumulative moving average.</param>
     /// <param name="backward">The backward strategy; <see cref="BackwardStrategy.ClosedForm"/> when null.</param>
+    /// <param name="affine">Whether γ and β are learnable (PyTorch's <c>affine</c>); when false they stay 1 and 0 and
+    /// <see cref="NormalizationLayer.Parameters"/> is empty.</param>
+    /// <param name="trackRunningStatistics">Whether to keep running statistics (PyTorch's <c>track_running_stats</c>); when
+    /// false, inference uses each batch's own statistics (see <see cref="RunningStatisticsLayer.TracksRunningStatistics"/>).</param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="features"/> ≤ 0, <paramref name="epsilon"/> is not
     /// positive and finite, or <paramref name="momentum"/> is outside [0, 1] or NaN.</exception>
     /// <remarks>Allocates the parameter, gradient and statistics vectors (a few D-length arrays); the caches come with the first Forward.</remarks>
-    public BatchNormLayer(int features, double epsilon = 1e-5, double? momentum = 0.1, BackwardStrategy? backward = null)
-        : base(features, epsilon, momentum, backward)
+    public BatchNormLayer(int features, double epsilon = 1e-5, double? momentum = 0.1, BackwardStrategy? backward = null, bool affine = true, bool trackRunningStatistics = true)
+        : base(features, 1, epsilon, momentum, backward, affine, trackRunningStatistics)
+    {
+    }
+
+    /// <summary>
+    /// Creates a layer for <paramref name="channels"/> channels of <paramref name="spatialSize"/> positions each, the
+    /// convolution layout of PyTorch's BatchNorm1d on (N, C, S) (or BatchNorm2d with S = H·W): the input has C·S columns,
+    /// each row one sample flattened channel-major (channel c is columns [c·S, (c + 1)·S)), and γ, β and the statistics
+    /// are per channel, over the N·S values of its columns.
+    /// </summary>
+    /// <param name="channels">C, at least 1.</param>
+    /// <param name="spatialSize">S, at least 1; with S = 1 the layer is the per-feature layer of <paramref name="channels"/> features.</param>
+    /// <param name="epsilon">ε, as for the per-feature constructor.</param>
+    /// <param name="momentum">m, as for the per-feature constructor; the running variance is unbiased over the N·S values.</param>
+    /// <param name="backward">The backward strategy; <see cref="BackwardStrategy.ClosedForm"/> when null.</param>
+    /// <param name="affine">As for the per-feature constructor.</param>
+    /// <param name="trackRunningStatistics">As for the per-feature constructor.</param>
+    /// <exception cref="ArgumentOutOfRangeException">C or S ≤ 0, C·S too large, or ε or the momentum out of range.</exception>
+    public BatchNormLayer(int channels, int spatialSize, double epsilon = 1e-5, double? momentum = 0.1, BackwardStrategy? backward = null, bool affine = true, bool trackRunningStatistics = true)
+        : base(channels, spatialSize, epsilon, momentum, backward, affine, trackRunningStatistics, nameof(channels))
     {
     }
 
@@ -103,7 +130,7 @@ public sealed class BatchNormLayer : RunningStatisticsLayer
     private protected override bool AcceptsFewerThanTwoRows => _synchronizer is not null;
 
     private protected override string Describe()
-        => _virtualBatchSize is int g ? string.Create(CultureInfo.InvariantCulture, $", virtual batch size: {g}") : string.Empty;
+        => (_virtualBatchSize is int g ? string.Create(CultureInfo.InvariantCulture, $", virtual batch size: {g}") : string.Empty) + base.Describe();
 
     private protected override int TrainingRowBlocks(int rows) => _virtualBatchSize is int g ? rows / g : 1;
 
@@ -127,8 +154,8 @@ public sealed class BatchNormLayer : RunningStatisticsLayer
         }
 
         // The statistics of all workers' rows: exchanged and merged, then used as given statistics.
-        Engine.GivenStatistics(Features, out Span<double> center, out Span<double> correction, out Span<double> variance);
-        (int total, int offset, int bad) = synchronizer.MergeMoments(x, center, correction, variance);
+        Engine.GivenStatistics(Channels, out Span<double> center, out Span<double> correction, out Span<double> variance);
+        (int total, int offset, int bad) = synchronizer.MergeMoments(x, Channels, center, correction, variance);
         if (bad >= 0)
         {
             return new StepFault(bad, FaultCause.Statistics);
@@ -145,7 +172,7 @@ public sealed class BatchNormLayer : RunningStatisticsLayer
         // A synchronized worker that rejects its arguments still takes part in the exchange its peers are waiting in.
         if (backwardOf is null && IsTraining && _synchronizer is { } forward)
         {
-            forward.RejectForward(Features);
+            forward.RejectForward(Channels);
         }
         else if (backwardOf is { Synchronized: true } && _synchronizer is { } backward)
         {

@@ -34,7 +34,7 @@ public sealed class BatchRenormLayer : RunningStatisticsLayer, ISegmentAffine
     /// <param name="backward">The backward strategy; closed form when null.</param>
     /// <exception cref="ArgumentOutOfRangeException">As for <see cref="BatchNormLayer"/>.</exception>
     public BatchRenormLayer(int features, double epsilon = 1e-5, double? momentum = 0.1, BackwardStrategy? backward = null)
-        : base(features, epsilon, momentum, backward)
+        : base(features, 1, epsilon, momentum, backward, affine: true, trackRunningStatistics: true)
     {
         R = Vector<double>.Build.Dense(features, 1.0);
         D = Vector<double>.Build.Dense(features);
@@ -73,7 +73,7 @@ public sealed class BatchRenormLayer : RunningStatisticsLayer, ISegmentAffine
 
     private protected override ISegmentAffine TrainingAffine => this;
 
-    private protected override string Describe() => string.Create(System.Globalization.CultureInfo.InvariantCulture, $", rmax: {_rMax}, dmax: {_dMax}");
+    private protected override string Describe() => string.Create(System.Globalization.CultureInfo.InvariantCulture, $", rmax: {_rMax}, dmax: {_dMax}") + base.Describe();
 
     /// <summary>r and d from the batch statistics and the running ones (not yet updated); y = γ·r·x̂ + (γ·d + β).</summary>
     void ISegmentAffine.Affine(int feature, double mean, double variance, ref double scale, ref double shift)

@@ -18,6 +18,10 @@ namespace BatchNorm;
 /// changes nothing), and a single row is a valid batch. Rows are strided in MathNet's column-major storage, so the
 /// engine sweeps down the contiguous columns and treats the rows as SIMD lanes; nothing is transposed.</para>
 /// </remarks>
+[System.Diagnostics.CodeAnalysis.SuppressMessage(
+    "ApiDesign",
+    "RS0026:Do not add multiple public overloads with optional parameters",
+    Justification = "The per-feature and the channels-by-positions constructors differ in a required parameter (spatialSize), so no call is ambiguous.")]
 public sealed class GroupNormLayer : NormalizationLayer
 {
     /// <summary>Creates the layer with γ = 1 and β = 0.</summary>
@@ -25,19 +29,45 @@ public sealed class GroupNormLayer : NormalizationLayer
     /// <param name="groups">G, at least 1; it must divide D.</param>
     /// <param name="epsilon">ε, positive and finite.</param>
     /// <param name="backward">The backward strategy; closed form when null.</param>
+    /// <param name="affine">Whether γ and β are learnable (PyTorch's <c>affine</c>); when false they stay 1 and 0.</param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="features"/> or <paramref name="groups"/> ≤ 0, or ε not positive and finite.</exception>
     /// <exception cref="ArgumentException"><paramref name="groups"/> does not divide <paramref name="features"/>.</exception>
-    public GroupNormLayer(int features, int groups, double epsilon = 1e-5, BackwardStrategy? backward = null)
-        : base(features, epsilon, backward)
+    public GroupNormLayer(int features, int groups, double epsilon = 1e-5, BackwardStrategy? backward = null, bool affine = true)
+        : this(features, groups, 1, epsilon, backward, affine, nameof(features))
+    {
+    }
+
+    /// <summary>
+    /// Creates the layer for <paramref name="channels"/> channels of <paramref name="spatialSize"/> positions each, as
+    /// PyTorch's GroupNorm on (N, C, S): each row holds C·S columns, channel-major; each group is C/G adjacent channels
+    /// (all their positions) of one row; γ and β are per channel.
+    /// </summary>
+    /// <param name="channels">C, at least 1.</param>
+    /// <param name="groups">G, at least 1; it must divide C.</param>
+    /// <param name="spatialSize">S, at least 1; with S = 1 this is the per-feature layer.</param>
+    /// <param name="epsilon">ε, positive and finite.</param>
+    /// <param name="backward">The backward strategy; closed form when null.</param>
+    /// <param name="affine">Whether γ and β are learnable (PyTorch's <c>affine</c>); when false they stay 1 and 0.</param>
+    /// <exception cref="ArgumentOutOfRangeException">C, G or S ≤ 0, C·S too large, or ε not positive and finite.</exception>
+    /// <exception cref="ArgumentException"><paramref name="groups"/> does not divide <paramref name="channels"/>.</exception>
+    public GroupNormLayer(int channels, int groups, int spatialSize, double epsilon = 1e-5, BackwardStrategy? backward = null, bool affine = true)
+        : this(channels, groups, spatialSize, epsilon, backward, affine, nameof(channels))
+    {
+    }
+
+    private GroupNormLayer(int channels, int groups, int spatialSize, double epsilon, BackwardStrategy? backward, bool affine, string channelsName)
+        : base(channels, spatialSize, epsilon, backward, affine, channelsName: channelsName)
     {
         if (groups <= 0)
         {
             throw new ArgumentOutOfRangeException(nameof(groups), groups, "The number of groups must be at least 1.");
         }
 
-        if (features % groups != 0)
+        if (channels % groups != 0)
         {
-            throw new ArgumentException(string.Create(CultureInfo.InvariantCulture, $"{features} features cannot be split into {groups} groups of equal size: the number of groups must divide the number of features."), nameof(groups));
+            throw new ArgumentException(
+                string.Create(CultureInfo.InvariantCulture, $"{channels} {channelsName} cannot be split into {groups} groups of equal size: the number of groups must divide the number of {channelsName}."),
+                nameof(groups));
         }
 
         Groups = groups;
@@ -55,7 +85,7 @@ public sealed class GroupNormLayer : NormalizationLayer
 
     private protected override SegmentLayout Layout(int rows) => SegmentLayout.RowGroupsOf(rows, Features, Groups);
 
-    private protected override string Describe() => string.Create(CultureInfo.InvariantCulture, $", groups: {Groups}");
+    private protected override string Describe() => string.Create(CultureInfo.InvariantCulture, $", groups: {Groups}") + base.Describe();
 
     internal override string? StateShapeMismatch(LayerState state)
         => base.StateShapeMismatch(state)
@@ -78,8 +108,9 @@ public sealed class LayerNormLayer : NormalizationLayer
     /// <param name="epsilon">ε, positive and finite.</param>
     /// <param name="backward">The backward strategy; closed form when null.</param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="features"/> ≤ 0 or ε not positive and finite.</exception>
-    public LayerNormLayer(int features, double epsilon = 1e-5, BackwardStrategy? backward = null)
-        : base(features, epsilon, backward)
+    /// <param name="affine">Whether γ and β are learnable (PyTorch's <c>elementwise_affine</c>); when false they stay 1 and 0.</param>
+    public LayerNormLayer(int features, double epsilon = 1e-5, BackwardStrategy? backward = null, bool affine = true)
+        : base(features, 1, epsilon, backward, affine)
     {
     }
 

@@ -24,40 +24,53 @@ internal sealed class LayerState
     /// <summary>How to make each layer type from its saved state, before the state is imported into it.</summary>
     private static readonly Dictionary<string, Func<LayerState, NormalizationLayer>> Factories = new(StringComparer.Ordinal)
     {
-        [FormatPrefix + nameof(BatchNormLayer)] = s => new BatchNormLayer(s.Features, s.Epsilon),
+        [FormatPrefix + nameof(BatchNormLayer)] = s => new BatchNormLayer(
+            s.Features, s.SpatialSize, s.Epsilon, affine: s.Affine, trackRunningStatistics: s.OptionalBoolean("trackRunningStatistics", absent: true)),
         [FormatPrefix + nameof(BatchRenormLayer)] = s => new BatchRenormLayer(s.Features, s.Epsilon),
-        [FormatPrefix + nameof(LayerNormLayer)] = s => new LayerNormLayer(s.Features, s.Epsilon),
-        [FormatPrefix + nameof(GroupNormLayer)] = s => new GroupNormLayer(s.Features, s.PositiveInteger("groups"), s.Epsilon),
+        [FormatPrefix + nameof(LayerNormLayer)] = s => new LayerNormLayer(s.Features, s.Epsilon, affine: s.Affine),
+        [FormatPrefix + nameof(GroupNormLayer)] = s => new GroupNormLayer(s.Features, s.PositiveInteger("groups"), s.SpatialSize, s.Epsilon, affine: s.Affine),
+        [FormatPrefix + nameof(InstanceNormLayer)] = s => new InstanceNormLayer(
+            s.Features, s.SpatialSize, s.Epsilon, affine: s.Affine, trackRunningStatistics: s.OptionalBoolean("trackRunningStatistics", absent: false)),
+        [FormatPrefix + nameof(RMSNormLayer)] = s => new RMSNormLayer(s.Features, s.Epsilon, s.PositiveInteger("groups"), affine: s.Affine),
     };
+
+    /// <summary>The formats of layer types without a shift β, whose state has no "beta".</summary>
+    private static readonly HashSet<string> Unshifted = new(StringComparer.Ordinal) { FormatPrefix + nameof(RMSNormLayer) };
 
     private readonly JsonElement _root;
     private readonly ExternalFields? _external;
 
-    private LayerState(JsonElement root, ExternalFields? external, string format, int features, double epsilon, double[] gamma, double[] beta)
+    private LayerState(JsonElement root, ExternalFields? external, string format, int features, int spatialSize, bool affine, double epsilon)
     {
         _root = root;
         _external = external;
         Format = format;
         Features = features;
+        SpatialSize = spatialSize;
+        Affine = affine;
         Epsilon = epsilon;
-        Gamma = gamma;
-        Beta = beta;
     }
 
     /// <summary>Gets the format name, "BatchNorm." + the layer type's name.</summary>
     public string Format { get; }
 
-    /// <summary>Gets the saved feature count.</summary>
+    /// <summary>Gets the saved feature count: the number of channels, the length of every saved vector.</summary>
     public int Features { get; }
+
+    /// <summary>Gets the saved positions per channel, 1 when the field is absent.</summary>
+    public int SpatialSize { get; }
+
+    /// <summary>Gets whether the saved layer is affine (true when the field is absent).</summary>
+    public bool Affine { get; }
 
     /// <summary>Gets the saved ε.</summary>
     public double Epsilon { get; }
 
-    /// <summary>Gets the saved γ.</summary>
-    public double[] Gamma { get; }
+    /// <summary>Gets the saved γ, or null for a layer that is not affine.</summary>
+    public double[]? Gamma { get; private set; }
 
-    /// <summary>Gets the saved β.</summary>
-    public double[] Beta { get; }
+    /// <summary>Gets the saved β, or null for a layer without a learnable shift.</summary>
+    public double[]? Beta { get; private set; }
 
     /// <summary>The format name a layer type saves under.</summary>
     public static string FormatOf(Type layerType) => FormatPrefix + layerType.Name;
@@ -72,10 +85,27 @@ internal sealed class LayerState
             var writer = new Writer(json, external);
             json.WriteString("format", FormatOf(layer.GetType()));
             json.WriteNumber("version", FormatVersion);
-            json.WriteNumber("features", layer.Features);
+            json.WriteNumber("features", layer.Channels);
+            if (layer.SpatialSize != 1)
+            {
+                json.WriteNumber("spatialSize", layer.SpatialSize);
+            }
+
+            if (!layer.IsAffine)
+            {
+                json.WriteBoolean("affine", false);
+            }
+
             json.WriteNumber("epsilon", layer.Epsilon);
-            writer.Array("gamma", layer.Gamma);
-            writer.Array("beta", layer.Beta);
+            if (layer.IsAffine)
+            {
+                writer.Array("gamma", layer.Gamma);
+                if (layer.HasShift)
+                {
+                    writer.Array("beta", layer.Beta);
+                }
+            }
+
             layer.WriteStateFields(writer);
             json.WriteEndObject();
         }
@@ -139,7 +169,21 @@ internal sealed class LayerState
                 throw new FormatException(string.Create(CultureInfo.InvariantCulture, $"'epsilon' must be positive, not {epsilon}."));
             }
 
-            return new LayerState(root, external, format, features, epsilon, ReadArray(root, external, "gamma", features), ReadArray(root, external, "beta", features));
+            int spatialSize = OptionalPositive(root, "spatialSize") ?? 1;
+            bool affine = !root.TryGetProperty("affine", out JsonElement a) || a.ValueKind switch
+            {
+                JsonValueKind.True => true,
+                JsonValueKind.False => false,
+                _ => throw new FormatException($"'affine' must be true or false, not {Quote(a.GetRawText())}."),
+            };
+            var state = new LayerState(root, external, format, features, spatialSize, affine, epsilon);
+            if (affine)
+            {
+                state.Gamma = ReadArray(root, external, "gamma", features);
+                state.Beta = Unshifted.Contains(format) ? null : ReadArray(root, external, "beta", features);
+            }
+
+            return state;
         }
     }
 
@@ -168,13 +212,23 @@ internal sealed class LayerState
         return layer;
     }
 
-    /// <summary>Copies ε, γ and β into the layer; the state has been checked in full.</summary>
+    /// <summary>Copies ε, γ and β (those the state has) into the layer; the state has been checked in full.</summary>
     public void ApplyCommon(NormalizationLayer layer)
     {
         layer.SetEpsilon(Epsilon);
-        Gamma.CopyTo(DenseColumns.Data(layer.Gamma));
-        Beta.CopyTo(DenseColumns.Data(layer.Beta));
+        Gamma?.CopyTo(DenseColumns.Data(layer.Gamma));
+        Beta?.CopyTo(DenseColumns.Data(layer.Beta));
     }
+
+    /// <summary>Reads a boolean field that may be absent (then <paramref name="absent"/>).</summary>
+    public bool OptionalBoolean(string name, bool absent)
+        => !_root.TryGetProperty(name, out JsonElement element) ? absent
+            : element.ValueKind switch
+            {
+                JsonValueKind.True => true,
+                JsonValueKind.False => false,
+                _ => throw new FormatException($"'{name}' must be true or false, not {Quote(element.GetRawText())}."),
+            };
 
     /// <summary>Reads a finite number field.</summary>
     public double Number(string name) => Number(Required(_root, name, JsonValueKind.Number), name);
@@ -218,6 +272,12 @@ internal sealed class LayerState
 
     /// <summary>Reads an array of <see cref="Features"/> finite numbers, each at least 0 when <paramref name="nonNegative"/> is set.</summary>
     public double[] Array(string name, bool nonNegative = false) => ReadArray(_root, _external, name, Features, nonNegative);
+
+    /// <summary>A field that, where present, is a positive integer.</summary>
+    private static int? OptionalPositive(JsonElement root, string name)
+        => !root.TryGetProperty(name, out JsonElement element) ? null
+            : element.ValueKind == JsonValueKind.Number && element.TryGetInt32(out int value) && value > 0 ? value
+            : throw new FormatException($"'{name}' must be a positive integer, not {Quote(element.GetRawText())}.");
 
     /// <summary>At most 40 characters of a value quoted in a message, so that a huge string does not flood it.</summary>
     internal static string Quote(string text) => text.Length <= 40 ? text : string.Concat(text.AsSpan(0, 40), "…");
@@ -294,6 +354,8 @@ internal sealed class LayerState
     internal readonly struct Writer(Utf8JsonWriter json, ExternalFields? external)
     {
         public void Number(string name, double value) => json.WriteNumber(name, value);
+
+        public void Boolean(string name, bool value) => json.WriteBoolean(name, value);
 
         public void NullableNumber(string name, double? value)
         {

@@ -33,31 +33,73 @@ public abstract class NormalizationLayer : INormalizationLayer
     private NormalizationCache? _cache, _spareCache;
     private int _busy;
     private Matrix<double>? _inputScratch, _outputScratch, _outputGradientScratch, _inputGradientScratch;
+    private double[]? _columnGamma, _columnBeta, _columnScale, _columnScaleGradient, _columnShiftGradient;
 
     /// <summary>Checks and stores what every layer has, with γ = 1 and β = 0.</summary>
-    /// <exception cref="ArgumentOutOfRangeException"><paramref name="features"/> ≤ 0 or ε not positive and finite.</exception>
+    /// <param name="channels">C, the number of channels, each with its own γ and β (and statistics, for column layouts).</param>
+    /// <param name="spatialSize">S, the positions of each channel: the input has C·S columns, channel c being columns [c·S, (c + 1)·S).</param>
+    /// <param name="epsilon">ε.</param>
+    /// <param name="backward">The backward strategy, or null for the closed form.</param>
+    /// <param name="affine">Whether γ (and β) are learnable parameters; when false they are fixed at 1 and 0.</param>
+    /// <param name="shift">Whether the layer type has β at all (RMS norm has none).</param>
+    /// <param name="channelsName">The name of the constructor's channel-count parameter, for its messages.</param>
+    /// <param name="centered">Whether the layer subtracts the mean; false for RMS norm, which then takes only strategies
+    /// that handle uncentered segments (<see cref="BackwardStrategy.SupportsUncentered"/>).</param>
+    /// <exception cref="ArgumentOutOfRangeException">C or S ≤ 0, C·S beyond the range of int, or ε not positive and finite.</exception>
     /// <exception cref="ArgumentException">A strategy whose <see cref="BackwardStrategy.SumCount"/> is below 2.</exception>
-    private protected NormalizationLayer(int features, double epsilon, BackwardStrategy? backward)
+    private protected NormalizationLayer(
+        int channels, int spatialSize, double epsilon, BackwardStrategy? backward, bool affine, bool shift = true, string channelsName = "features", bool centered = true)
     {
-        Guard.Features(features);
+        Guard.Features(channels, channelsName);
+        Guard.SpatialSize(channels, spatialSize);
         Guard.Epsilon(epsilon);
-        Features = features;
+        Channels = channels;
+        SpatialSize = spatialSize;
+        Features = channels * spatialSize;
         Epsilon = epsilon;
+        IsAffine = affine;
+        HasShift = shift;
+        Centered = centered;
         _backwardStrategy = CheckedStrategy(backward ?? BackwardStrategy.ClosedForm, nameof(backward));
         _engine = new NormalizationEngine(new ColumnRunner());
-        _scale = new double[features];
-        _scaleGradient = new double[features];
-        _shiftGradient = new double[features];
-        Gamma = Vector<double>.Build.Dense(features);
-        Beta = Vector<double>.Build.Dense(features);
-        GammaGradient = Vector<double>.Build.Dense(features);
-        BetaGradient = Vector<double>.Build.Dense(features);
-        Parameters = [new LayerParameter("gamma", Gamma, GammaGradient), new LayerParameter("beta", Beta, BetaGradient)];
+        _scale = new double[channels];
+        _scaleGradient = new double[channels];
+        _shiftGradient = new double[channels];
+        Gamma = Vector<double>.Build.Dense(channels);
+        Beta = Vector<double>.Build.Dense(channels);
+        GammaGradient = Vector<double>.Build.Dense(channels);
+        BetaGradient = Vector<double>.Build.Dense(channels);
+        Parameters = (affine, shift) switch
+        {
+            (false, _) => [],
+            (true, false) => [new LayerParameter("gamma", Gamma, GammaGradient)],
+            (true, true) => [new LayerParameter("gamma", Gamma, GammaGradient), new LayerParameter("beta", Beta, BetaGradient)],
+        };
         ResetParameters();
     }
 
     /// <inheritdoc/>
+    /// <remarks>C·S: <see cref="Channels"/> times <see cref="SpatialSize"/>; for a layer without positions, the channels themselves.</remarks>
     public int Features { get; }
+
+    /// <summary>Gets C, the number of channels: the length of γ, β and their gradients (and of the running statistics).</summary>
+    public int Channels { get; }
+
+    /// <summary>
+    /// Gets S, the positions of each channel: a row holds C channels of S values each, channel-major, as
+    /// <c>x.reshape(N, -1)</c> flattens PyTorch's (N, C, S). 1 for a layer over plain features.
+    /// </summary>
+    public int SpatialSize { get; }
+
+    /// <summary>
+    /// Gets whether γ (and β, where the type has it) are learnable parameters (PyTorch's <c>affine</c> and
+    /// <c>elementwise_affine</c>). When false, <see cref="Parameters"/> is empty, γ stays 1 and β 0 (a Forward refuses
+    /// them changed), and Backward leaves <see cref="GammaGradient"/> and <see cref="BetaGradient"/> at 0.
+    /// </summary>
+    public bool IsAffine { get; }
+
+    /// <summary>Gets whether the layer type has a shift β; RMS norm has none, so its β stays 0.</summary>
+    internal bool HasShift { get; }
 
     /// <inheritdoc/>
     public double Epsilon { get; private set; }
@@ -76,11 +118,12 @@ public abstract class NormalizationLayer : INormalizationLayer
         set => _backwardStrategy = CheckedStrategy(value, nameof(value));
     }
 
-    /// <summary>Gets γ, the per-feature scale, 1 at start. The layer owns it; an optimizer updates it in place.</summary>
-    /// <remarks>The same vector for the layer's lifetime; reading the property allocates nothing.</remarks>
+    /// <summary>Gets γ, the per-channel scale, 1 at start. The layer owns it; an optimizer updates it in place.</summary>
+    /// <remarks>The same vector for the layer's lifetime; reading the property allocates nothing. Fixed at 1 when <see cref="IsAffine"/> is false.</remarks>
     public Vector<double> Gamma { get; }
 
-    /// <summary>Gets β, the per-feature shift, 0 at start. The layer owns it; an optimizer updates it in place.</summary>
+    /// <summary>Gets β, the per-channel shift, 0 at start. The layer owns it; an optimizer updates it in place.</summary>
+    /// <remarks>Fixed at 0 when <see cref="IsAffine"/> is false, and for RMS norm, which has no shift.</remarks>
     public Vector<double> Beta { get; }
 
     /// <summary>Gets dL/dγ, overwritten by each Backward; 0 before the first.</summary>
@@ -89,7 +132,10 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// <summary>Gets dL/dβ = Σᵢ dyᵢ, overwritten by each Backward; 0 before the first.</summary>
     public Vector<double> BetaGradient { get; }
 
-    /// <summary>Gets γ and β with their gradients, as named pairs: ("gamma", Gamma, GammaGradient) and ("beta", Beta, BetaGradient).</summary>
+    /// <summary>
+    /// Gets γ and β with their gradients, as named pairs: ("gamma", Gamma, GammaGradient) and ("beta", Beta, BetaGradient);
+    /// only γ for RMS norm, and none when <see cref="IsAffine"/> is false.
+    /// </summary>
     /// <remarks>The list and its vectors are the layer's own and never change identity; reading it allocates nothing.</remarks>
     public IReadOnlyList<LayerParameter> Parameters { get; }
 
@@ -262,15 +308,19 @@ public abstract class NormalizationLayer : INormalizationLayer
     public static NormalizationLayer FromState(string json) => LayerState.Create(json);
 
     /// <summary>Describes the layer: its type, features, mode and backward strategy.</summary>
-    /// <returns>For example "BatchNormLayer(features: 128, training, strategy: closed)".</returns>
+    /// <returns>For example "BatchNormLayer(features: 128, training, strategy: closed)", or for channels of several
+    /// positions "BatchNormLayer(channels: 16, positions: 64, training, strategy: closed)"; settings that differ from the
+    /// defaults (ghost batches, groups, not affine, no running statistics) are listed after the shape.</returns>
     public override string ToString()
-        => string.Create(CultureInfo.InvariantCulture, $"{GetType().Name}(features: {Features}{Describe()}, {(IsTraining ? "training" : "inference")}, strategy: {BackwardStrategy.Name})");
+        => string.Create(
+            CultureInfo.InvariantCulture,
+            $"{GetType().Name}({(SpatialSize == 1 ? $"features: {Features}" : $"channels: {Channels}, positions: {SpatialSize}")}{Describe()}, {(IsTraining ? "training" : "inference")}, strategy: {BackwardStrategy.Name})");
 
     /// <summary>The format name this layer type saves under, such as "BatchNorm.BatchNormLayer".</summary>
     private string StateFormat => LayerState.FormatOf(GetType());
 
     /// <summary>What <see cref="ToString"/> adds after the feature count, such as ", groups: 4".</summary>
-    private protected virtual string Describe() => string.Empty;
+    private protected virtual string Describe() => IsAffine ? string.Empty : ", not affine";
 
     /// <summary>How a batch of <paramref name="rows"/> rows is cut into segments in the current mode.</summary>
     private protected abstract SegmentLayout Layout(int rows);
@@ -286,8 +336,33 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// </summary>
     private protected virtual StepFault Normalize(Matrix<double> x, Matrix<double> y, NormalizationCache next)
         => next.Layout.ByRow
-            ? _engine.ForwardRows(x, y, next, Gamma, Beta)
+            ? NormalizeRows(x, y, next)
             : _engine.ForwardColumns(x, y, next, Gamma, Beta, affine: null, given: false);
+
+    /// <summary>A row-group Forward: each group of each row with its own statistics, γ and β spread over each channel's positions.</summary>
+    private protected StepFault NormalizeRows(Matrix<double> x, Matrix<double> y, NormalizationCache next)
+        => _engine.ForwardRows(x, y, next, PerColumn(Gamma, ref _columnGamma), PerColumn(Beta, ref _columnBeta));
+
+    /// <summary>Whether the layer subtracts the mean; RMS norm does not.</summary>
+    private protected bool Centered { get; }
+
+    /// <summary>A per-channel vector as one value per column: the vector itself when S = 1, else spread into scratch.</summary>
+    private ReadOnlySpan<double> PerColumn(Vector<double> perChannel, ref double[]? scratch)
+    {
+        ReadOnlySpan<double> values = DenseColumns.Data(perChannel);
+        if (SpatialSize == 1)
+        {
+            return values;
+        }
+
+        scratch ??= new double[Features];
+        for (int c = 0; c < Channels; c++)
+        {
+            scratch.AsSpan(c * SpatialSize, SpatialSize).Fill(values[c]);
+        }
+
+        return scratch;
+    }
 
     /// <summary>
     /// Called when Forward (<paramref name="backwardOf"/> null) or the Backward of a cache rejects its arguments, before the
@@ -316,7 +391,38 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// Forward applied. Returns what went wrong, if anything.
     /// </summary>
     private protected virtual StepFault Differentiate(NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient)
-        => _engine.Backward(_backwardStrategy, cache, scale, dy, dx, scaleGradient, shiftGradient);
+    {
+        if (!cache.Layout.ByRow || SpatialSize == 1)
+        {
+            return _engine.Backward(_backwardStrategy, cache, scale, dy, dx, scaleGradient, shiftGradient);
+        }
+
+        // Row groups over channels of several positions: the engine works per column, so γ′ is spread over each channel's
+        // positions, and the gradients of a channel's positions are added up.
+        _columnScale ??= new double[Features];
+        _columnScaleGradient ??= new double[Features];
+        _columnShiftGradient ??= new double[Features];
+        for (int c = 0; c < Channels; c++)
+        {
+            _columnScale.AsSpan(c * SpatialSize, SpatialSize).Fill(scale[c]);
+        }
+
+        StepFault fault = _engine.Backward(_backwardStrategy, cache, _columnScale, dy, dx, _columnScaleGradient, _columnShiftGradient);
+        for (int c = 0; c < Channels; c++)
+        {
+            double dScale = 0, dShift = 0;
+            for (int s = c * SpatialSize; s < (c + 1) * SpatialSize; s++)
+            {
+                dScale += _columnScaleGradient[s];
+                dShift += _columnShiftGradient[s];
+            }
+
+            scaleGradient[c] = dScale;
+            shiftGradient[c] = dShift;
+        }
+
+        return fault;
+    }
 
     /// <summary>Turns dL/dγ′ and dL/dβ′ into dL/dγ and dL/dβ, in place; the identity where γ′ = γ and β′ = β.</summary>
     private protected virtual void ToParameterGradients(Span<double> scaleGradient, Span<double> shiftGradient)
@@ -325,8 +431,12 @@ public abstract class NormalizationLayer : INormalizationLayer
 
     /// <summary>Says how a parsed state does not fit this layer's shape (feature count, and whatever the type adds), or null when it fits.</summary>
     internal virtual string? StateShapeMismatch(LayerState state)
-        => state.Features != Features
-            ? string.Create(CultureInfo.InvariantCulture, $"The saved state is for {state.Features} features, but this layer has {Features}.")
+        => state.Features != Channels
+            ? string.Create(CultureInfo.InvariantCulture, $"The saved state is for {state.Features} {(SpatialSize == 1 ? "features" : "channels")}, but this layer has {Channels}.")
+            : state.SpatialSize != SpatialSize
+            ? string.Create(CultureInfo.InvariantCulture, $"The saved state is for {state.SpatialSize} positions per channel, but this layer has {SpatialSize}.")
+            : state.Affine != IsAffine
+            ? $"The saved state is of a layer that is {(state.Affine ? "" : "not ")}affine, but this layer is {(IsAffine ? "" : "not ")}affine."
             : null;
 
     /// <summary>Writes the layer type's own saved fields (running statistics, settings) after the common ones.</summary>
@@ -373,9 +483,16 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// <summary>Sets ε from an imported state.</summary>
     internal void SetEpsilon(double epsilon) => Epsilon = epsilon;
 
-    private static BackwardStrategy CheckedStrategy(BackwardStrategy strategy, string parameterName)
+    private BackwardStrategy CheckedStrategy(BackwardStrategy strategy, string parameterName)
     {
         Guard.NotNull(strategy, parameterName);
+        if (!Centered && !strategy.SupportsUncentered)
+        {
+            throw new ArgumentException(
+                $"The {strategy.Name} strategy does not handle segments normalized without centering (its SupportsUncentered is false), which {GetType().Name} needs: its graph has no node μ.",
+                parameterName);
+        }
+
         if (strategy.SumCount < BackwardStrategy.ParameterSums)
         {
             throw new ArgumentException(
@@ -391,6 +508,32 @@ public abstract class NormalizationLayer : INormalizationLayer
         Guard.NotNull(input, nameof(input));
         Guard.Columns(input, Features, nameof(input));
         CheckRows(input);
+        CheckFixedParameters();
+    }
+
+    /// <summary>γ of a layer that is not affine stays 1, and β of one without a learnable shift stays 0.</summary>
+    /// <exception cref="ArgumentException">One was changed; the message names it (it is the layer's state, not the
+    /// argument, that is wrong, but the step is refused the way bad arguments are, before anything is written).</exception>
+    private void CheckFixedParameters()
+    {
+        if (!IsAffine && FirstOther(Gamma, 1.0) is int j)
+        {
+            throw new ArgumentException(
+                string.Create(CultureInfo.InvariantCulture, $"This {GetType().Name} is not affine: γ is fixed at 1, but gamma[{j}] = {Gamma[j]:R}."), "input");
+        }
+
+        if (!(IsAffine && HasShift) && FirstOther(Beta, 0.0) is int k)
+        {
+            string why = HasShift ? "is not affine" : "has no shift";
+            throw new ArgumentException(
+                string.Create(CultureInfo.InvariantCulture, $"This {GetType().Name} {why}: β is fixed at 0, but beta[{k}] = {Beta[k]:R}."), "input");
+        }
+
+        static int? FirstOther(Vector<double> values, double fixedValue)
+        {
+            int at = DenseColumns.Data(values).IndexOfAnyExcept(fixedValue);
+            return at < 0 ? null : at;
+        }
     }
 
     /// <summary>
@@ -437,6 +580,7 @@ public abstract class NormalizationLayer : INormalizationLayer
         next.Synchronized = false;
         next.SegmentValues = layout.SegmentRows * layout.SegmentColumns;
         next.SegmentOffset = 0;
+        next.Centered = Centered;
         StepFault fault = Normalize(x, y, next);
         _spareCache = next;
         if (!fault.Failed)
@@ -468,7 +612,13 @@ public abstract class NormalizationLayer : INormalizationLayer
 
         DenseColumns.CopyBack(dx, inputGradient);
         ToParameterGradients(_scaleGradient, _shiftGradient);
-        _scaleGradient.CopyTo(DenseColumns.Data(GammaGradient));
-        _shiftGradient.CopyTo(DenseColumns.Data(BetaGradient));
+        if (IsAffine)
+        {
+            _scaleGradient.CopyTo(DenseColumns.Data(GammaGradient));
+            if (HasShift)
+            {
+                _shiftGradient.CopyTo(DenseColumns.Data(BetaGradient));
+            }
+        }
     }
 }

@@ -23,17 +23,42 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
 
     /// <summary>Checks and stores the settings, with running mean 0 and running variance 1.</summary>
     /// <exception cref="ArgumentOutOfRangeException">As for <see cref="NormalizationLayer"/>, or the momentum lies outside [0, 1].</exception>
-    private protected RunningStatisticsLayer(int features, double epsilon, double? momentum, BackwardStrategy? backward)
-        : base(features, epsilon, backward)
+    private protected RunningStatisticsLayer(
+        int channels, int spatialSize, double epsilon, double? momentum, BackwardStrategy? backward, bool affine, bool trackRunningStatistics, string channelsName = "features")
+        : base(channels, spatialSize, epsilon, backward, affine, channelsName: channelsName)
     {
         Guard.Momentum(momentum);
         Momentum = momentum;
-        _nextMean = new double[features];
-        _nextVariance = new double[features];
-        RunningMean = Vector<double>.Build.Dense(features);
-        RunningVariance = Vector<double>.Build.Dense(features);
+        TracksRunningStatistics = trackRunningStatistics;
+        _nextMean = new double[channels];
+        _nextVariance = new double[channels];
+        RunningMean = Vector<double>.Build.Dense(channels);
+        RunningVariance = Vector<double>.Build.Dense(channels);
         ResetRunningStatistics();
     }
+
+    /// <summary>
+    /// Gets whether the layer keeps running statistics (PyTorch's <c>track_running_stats</c>, true by default). When
+    /// false, inference normalizes with the batch's own statistics as training does, nothing is averaged into
+    /// <see cref="RunningMean"/> and <see cref="RunningVariance"/> (they stay 0 and 1 and are not saved), and
+    /// <see cref="FoldInto"/> refuses: inference is then no fixed affine map.
+    /// </summary>
+    public bool TracksRunningStatistics { get; }
+
+    /// <summary>The running mean a training step will commit, worked out by <see cref="PrepareCommit"/>.</summary>
+    private protected Span<double> NextMean => _nextMean;
+
+    /// <summary>The running variance a training step will commit.</summary>
+    private protected Span<double> NextVariance => _nextVariance;
+
+    /// <summary>Sets the batch count a training step will commit.</summary>
+    private protected long NextBatches
+    {
+        set => _nextBatches = value;
+    }
+
+    /// <summary>Whether the momentum may be null, a cumulative moving average (instance norm's may not, as in PyTorch).</summary>
+    private protected virtual bool AcceptsCumulativeAverage => true;
 
     /// <summary>Gets m, the weight of each new batch in the running statistics; null for a cumulative moving average.</summary>
     public double? Momentum { get; private set; }
@@ -73,11 +98,19 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
     {
         Guard.NotNull(weights, nameof(weights));
         Guard.NotNull(bias, nameof(bias));
+        if (!TracksRunningStatistics)
+        {
+            throw new InvalidOperationException(
+                $"This {GetType().Name} keeps no running statistics: its inference normalizes with each batch's own, which no fixed affine map can fold.");
+        }
+
         Guard.Columns(weights, Features, nameof(weights));
         Guard.Length(bias, Features, nameof(bias));
-        Vector<double> scale = Vector<double>.Build.Dense(Features, j => Gamma[j] / Math.Sqrt(RunningVariance[j] + Epsilon));
+
+        // Column j belongs to channel j / S.
+        Vector<double> scale = Vector<double>.Build.Dense(Features, j => Gamma[j / SpatialSize] / Math.Sqrt(RunningVariance[j / SpatialSize] + Epsilon));
         Matrix<double> foldedWeights = weights.Multiply(Matrix<double>.Build.DiagonalOfDiagonalVector(scale));
-        Vector<double> foldedBias = Vector<double>.Build.Dense(Features, j => ((bias[j] - RunningMean[j]) * scale[j]) + Beta[j]);
+        Vector<double> foldedBias = Vector<double>.Build.Dense(Features, j => ((bias[j] - RunningMean[j / SpatialSize]) * scale[j]) + Beta[j / SpatialSize]);
         return (foldedWeights, foldedBias);
     }
 
@@ -93,14 +126,18 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
     /// <summary>An affine map other than γ and β that training applies, worked out from the batch statistics; null for γ and β.</summary>
     private protected virtual ISegmentAffine? TrainingAffine => null;
 
-    private protected override SegmentLayout Layout(int rows) => SegmentLayout.ColumnBlocksOf(rows, Features, IsTraining ? TrainingRowBlocks(rows) : 1);
+    private protected override SegmentLayout Layout(int rows) => SegmentLayout.ColumnBlocksOf(rows, Features, IsTraining ? TrainingRowBlocks(rows) : 1, Channels);
 
     private protected override void CheckRows(Matrix<double> input)
     {
-        if (IsTraining && input.RowCount < 2 && !AcceptsFewerThanTwoRows)
+        bool batchStatistics = IsTraining || !TracksRunningStatistics;
+        if (batchStatistics && (long)input.RowCount * SpatialSize < 2 && !(IsTraining && AcceptsFewerThanTwoRows))
         {
+            string remedy = TracksRunningStatistics
+                ? "Set IsTraining = false to normalize single rows with the running statistics."
+                : "This layer keeps no running statistics, so inference needs them too.";
             throw new ArgumentException(
-                $"Training needs at least 2 rows to estimate a variance, but input is {Guard.Shape(input)}. Set IsTraining = false to normalize single rows with the running statistics.",
+                $"Batch statistics need at least 2 values per channel to estimate a variance, but input is {Guard.Shape(input)}. {remedy}",
                 nameof(input));
         }
     }
@@ -110,7 +147,7 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
         // The running statistics are public vectors, so they are checked here rather than trusted: inference divides by
         // them, and training averages into them.
         ReadOnlySpan<double> runningMean = DenseColumns.Data(RunningMean), runningVariance = DenseColumns.Data(RunningVariance);
-        for (int j = 0; j < runningMean.Length; j++)
+        for (int j = 0; TracksRunningStatistics && j < runningMean.Length; j++)
         {
             if (!double.IsFinite(runningMean[j]) || !(runningVariance[j] >= 0) || double.IsPositiveInfinity(runningVariance[j]))
             {
@@ -118,13 +155,25 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
             }
         }
 
+        if (next.Layout.ByRow)
+        {
+            // Instance norm with batch statistics: each sample's channels, as row groups.
+            return NormalizeRows(x, y, next);
+        }
+
         if (IsTraining)
         {
             return NormalizeTraining(x, y, next);
         }
 
-        // Inference: the running statistics, as given statistics of one segment per feature.
-        Engine.GivenStatistics(Features, out Span<double> center, out Span<double> correction, out Span<double> variance);
+        if (!TracksRunningStatistics)
+        {
+            // Inference without running statistics: the batch's own, as a plain training Forward computes them.
+            return Engine.ForwardColumns(x, y, next, Gamma, Beta, affine: null, given: false);
+        }
+
+        // Inference: the running statistics, as given statistics of one segment per channel.
+        Engine.GivenStatistics(Channels, out Span<double> center, out Span<double> correction, out Span<double> variance);
         DenseColumns.Data(RunningMean).CopyTo(center);
         correction.Clear();
         DenseColumns.Data(RunningVariance).CopyTo(variance);
@@ -143,7 +192,7 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
     /// </summary>
     private protected override StepFault PrepareCommit(NormalizationCache next)
     {
-        if (next.FrozenStatistics)
+        if (next.FrozenStatistics || !next.IsTraining || !TracksRunningStatistics)
         {
             return StepFault.None;
         }
@@ -159,7 +208,7 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
             // Saturates rather than wraps after long.MaxValue batches; the cumulative average then hardly moves anyway.
             batches = batches == long.MaxValue ? batches : batches + 1;
             double m = Momentum ?? 1.0 / batches;
-            for (int j = 0; j < Features; j++)
+            for (int j = 0; j < Channels; j++)
             {
                 int k = (j * blocks) + b;
                 _nextMean[j] = ((1 - m) * _nextMean[j]) + (m * mean[k]);
@@ -173,7 +222,7 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
 
     private protected override void OnForwardCommitted(NormalizationCache cache)
     {
-        if (!cache.FrozenStatistics)
+        if (!cache.FrozenStatistics && cache.IsTraining && TracksRunningStatistics)
         {
             _nextMean.CopyTo(DenseColumns.Data(RunningMean));
             _nextVariance.CopyTo(DenseColumns.Data(RunningVariance));
@@ -184,17 +233,37 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
     internal override void WriteStateFields(LayerState.Writer writer)
     {
         writer.NullableNumber("momentum", Momentum);
+        if (TracksRunningStatistics != DefaultTracking)
+        {
+            writer.Boolean("trackRunningStatistics", TracksRunningStatistics);
+        }
+
+        if (!TracksRunningStatistics)
+        {
+            return;
+        }
+
         writer.Array("runningMean", RunningMean);
         writer.Array("runningVariance", RunningVariance, nonNegative: true);
         writer.Integer("batchesTracked", BatchesTracked);
     }
 
+    internal override string? StateShapeMismatch(LayerState state)
+        => base.StateShapeMismatch(state) ?? (state.OptionalBoolean("trackRunningStatistics", DefaultTracking) == TracksRunningStatistics
+            ? null
+            : $"The saved state is of a layer that {(TracksRunningStatistics ? "keeps no" : "keeps")} running statistics, but this layer {(TracksRunningStatistics ? "keeps them" : "keeps none")}.");
+
     internal override Action? ReadStateFields(LayerState state)
     {
         double? momentum = state.NullableNumber("momentum");
-        if (momentum is double m && !(m >= 0 && m <= 1))
+        if (momentum is double m ? !(m >= 0 && m <= 1) : !AcceptsCumulativeAverage)
         {
-            throw new FormatException("'momentum' must be a number in [0, 1] or null.");
+            throw new FormatException(AcceptsCumulativeAverage ? "'momentum' must be a number in [0, 1] or null." : "'momentum' must be a number in [0, 1].");
+        }
+
+        if (!TracksRunningStatistics)
+        {
+            return () => Momentum = momentum;
         }
 
         double[] mean = state.Array("runningMean"), variance = state.Array("runningVariance", nonNegative: true);
@@ -208,5 +277,10 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
             BatchesTracked = batches;
         };
     }
+
+    private protected override string Describe() => base.Describe() + (TracksRunningStatistics ? string.Empty : ", no running statistics");
+
+    /// <summary>Whether a saved state without the field "trackRunningStatistics" keeps running statistics (PyTorch's default for the type).</summary>
+    private protected virtual bool DefaultTracking => true;
 
 }
