@@ -9,13 +9,36 @@ namespace BatchNorm.Tests;
 /// <summary>Every layer keeps the whole contract of <see cref="INormalizationLayer"/>, so any can replace any other.</summary>
 public class ContractTests
 {
-    public static readonly string[] Kinds = ["batch norm", "ghost batches", "batch renorm", "layer norm", "group norm"];
+    public static readonly string[] Kinds =
+    [
+        "batch norm", "ghost batches", "batch renorm", "layer norm", "group norm",
+        "spatial batch norm", "spatial group norm", "instance norm", "rms norm", "bare batch norm",
+    ];
 
     public static TheoryData<string> AllKinds => [.. Kinds];
 
-    public static TheoryData<string, string> KindsAndStrategies => Cross(Kinds, ["staged", "closed", "textbook"]);
+    public static TheoryData<string, string> KindsAndStrategies
+    {
+        get
+        {
+            var data = new TheoryData<string, string>();
+            foreach (string kind in Kinds)
+            {
+                foreach (string strategy in StrategiesFor(kind))
+                {
+                    data.Add(kind, strategy);
+                }
+            }
 
-    /// <summary>A layer of each kind for 6 features; batches have 8 rows, so ghost batches of 4 and groups of 3 fit.</summary>
+            return data;
+        }
+    }
+
+    /// <summary>
+    /// A layer of each kind for 6 features (columns); batches have 8 rows, so ghost batches of 4 and groups of 3 fit.
+    /// The spatial kinds cut the columns into channels of 2 or 3 positions; instance norm has γ, β and running
+    /// statistics (PyTorch's defaults have neither, tested apart); the bare batch norm has neither.
+    /// </summary>
     internal static INormalizationLayer Create(string kind, BackwardStrategy? strategy = null, int features = 6) => kind switch
     {
         "batch norm" => new BatchNormLayer(features, backward: strategy),
@@ -23,8 +46,24 @@ public class ContractTests
         "batch renorm" => new BatchRenormLayer(features, backward: strategy) { RMax = 1.5, DMax = 0.5 },
         "layer norm" => new LayerNormLayer(features, backward: strategy),
         "group norm" => new GroupNormLayer(features, features / 3, backward: strategy),
+        "spatial batch norm" => new BatchNormLayer(channels: features / 2, spatialSize: 2, backward: strategy) { VirtualBatchSize = 4 },
+        "spatial group norm" => new GroupNormLayer(channels: features / 3, groups: 1, spatialSize: 3, backward: strategy),
+        "instance norm" => new InstanceNormLayer(features / 2, 2, backward: strategy, affine: true, trackRunningStatistics: true),
+        "rms norm" => new RMSNormLayer(features, backward: strategy),
+        "bare batch norm" => new BatchNormLayer(features, backward: strategy, affine: false, trackRunningStatistics: false),
         _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "unknown kind"),
     };
+
+    /// <summary>The learnable parameters a kind has, by name.</summary>
+    internal static string[] ParameterNames(string kind) => kind switch
+    {
+        "rms norm" => ["gamma"],
+        "bare batch norm" => [],
+        _ => ["gamma", "beta"],
+    };
+
+    /// <summary>The strategies a kind takes: a user's strategy written for batch norm's graph does not say it handles RMS norm's.</summary>
+    internal static string[] StrategiesFor(string kind) => kind == "rms norm" ? ["staged", "closed"] : ["staged", "closed", "textbook"];
 
     internal static BackwardStrategy Strategy(string name) => name switch
     {
@@ -40,11 +79,11 @@ public class ContractTests
         INormalizationLayer layer = Create(kind), twin = Create(kind);
         (Matrix<double> x, Matrix<double> dy) = Batch(8, 6, seed: 1);
         Assert.Equal(6, layer.Features);
-        Assert.Equal(1e-5, layer.Epsilon);
+        Assert.Equal(kind == "rms norm" ? RMSNormLayer.DefaultEpsilon : 1e-5, layer.Epsilon);
         Assert.True(layer.IsTraining);
         Assert.Same(BackwardStrategy.ClosedForm, layer.BackwardStrategy);
         Assert.Null(layer.Cache);
-        Assert.Equal(["gamma", "beta"], layer.Parameters.Select(p => p.Name));
+        Assert.Equal(ParameterNames(kind), layer.Parameters.Select(p => p.Name));
         Assert.Same(layer.Parameters, layer.Parameters);
 
         // The allocating and the destination overloads give the same results.
@@ -56,7 +95,7 @@ public class ContractTests
         Matrix<double> dx = layer.Backward(dy), dx2 = Matrix<double>.Build.Dense(8, 6);
         twin.Backward(dy, dx2);
         Assert.Equal(dx, dx2);
-        for (int k = 0; k < 2; k++)
+        for (int k = 0; k < layer.Parameters.Count; k++)
         {
             Assert.Equal(layer.Parameters[k].Gradient, twin.Parameters[k].Gradient);
             Assert.NotEqual(0, layer.Parameters[k].Gradient.AbsoluteMaximum());
@@ -69,12 +108,17 @@ public class ContractTests
         layer.BackwardStrategy = BackwardStrategy.Staged;
         Assert.Equal(8, layer.Backward(dy).RowCount);
 
-        // Parameters reset in place.
-        layer.Parameters[0].Value[1] = 3;
-        layer.Parameters[1].Value[2] = -2;
+        // Parameters reset in place: γ to 1, β to 0, one value per channel.
+        foreach (LayerParameter p in layer.Parameters)
+        {
+            p.Value[1] = 3;
+        }
+
         layer.ResetParameters();
-        Assert.Equal(Enumerable.Repeat(1.0, 6), layer.Parameters[0].Value);
-        Assert.Equal(Enumerable.Repeat(0.0, 6), layer.Parameters[1].Value);
+        foreach (LayerParameter p in layer.Parameters)
+        {
+            Assert.Equal(Enumerable.Repeat(p.Name == "gamma" ? 1.0 : 0.0, ((NormalizationLayer)layer).Channels), p.Value);
+        }
     }
 
     [Theory]
@@ -154,7 +198,7 @@ public class ContractTests
             var data = new TheoryData<string, string, bool>();
             foreach (string kind in Kinds)
             {
-                foreach (string strategy in new[] { "staged", "closed", "textbook" })
+                foreach (string strategy in StrategiesFor(kind))
                 {
                     data.Add(kind, strategy, true);
                     data.Add(kind, strategy, false);
@@ -183,7 +227,7 @@ public class ContractTests
         string before = layer.ExportState();
         GradientCheckResult errors = GradientCheck.Check(layer, x, dy);
         Assert.True(errors.Max < 1e-6, $"{kind}, {strategy}, training {training}: {errors}");
-        Assert.Equal(2, errors.Parameters.Count);
+        Assert.Equal(ParameterNames(kind), errors.Parameters.Select(p => p.Name));
         Assert.Equal(training, layer.IsTraining);
         Assert.Equal(before, layer.ExportState());
     }
@@ -196,7 +240,7 @@ public class ContractTests
         (Matrix<double> x, Matrix<double> dy) = Batch(8, 6, seed: 5);
         Matrix<double> dx = Step(layer, x, dy), expected = Step(closed, x, dy);
         Assert.True((dx - expected).InfinityNorm() <= 1e-12 * (1 + expected.InfinityNorm()), $"{kind}, {strategy}: differ by {(dx - expected).InfinityNorm():E2}");
-        for (int k = 0; k < 2; k++)
+        for (int k = 0; k < layer.Parameters.Count; k++)
         {
             Assert.True((layer.Parameters[k].Gradient - closed.Parameters[k].Gradient).InfinityNorm() <= 1e-12 * (1 + closed.Parameters[k].Gradient.InfinityNorm()));
         }
@@ -217,6 +261,13 @@ public class ContractTests
         Assert.Same(BackwardStrategy.ClosedForm, layer.BackwardStrategy);
         Assert.Throws<ArgumentException>(() => new BatchNormLayer(3, backward: new OneSum()));
         Assert.Throws<ArgumentNullException>(() => layer.BackwardStrategy = null!);
+        if (kind == "rms norm")
+        {
+            // A strategy written for batch norm's graph says so, and RMS norm refuses it by name.
+            Assert.Contains("does not handle segments normalized without centering", Assert.Throws<ArgumentException>(() => layer.BackwardStrategy = new TextbookBackward()).Message);
+            Assert.Throws<ArgumentException>(() => new RMSNormLayer(3, backward: new TextbookBackward()));
+            Assert.Same(BackwardStrategy.ClosedForm, layer.BackwardStrategy);
+        }
     }
 
     [Theory]
@@ -248,20 +299,22 @@ public class ContractTests
     [Theory]
     [InlineData("batch norm")]
     [InlineData("batch renorm")]
+    [InlineData("spatial batch norm")]
+    [InlineData("instance norm")]
     public void Layers_with_running_statistics_fold_into_a_preceding_linear_layer(string kind)
     {
-        var layer = (RunningStatisticsLayer)Create(kind, features: 3);
-        (Matrix<double> batch, _) = Batch(8, 3, seed: 8);
+        var layer = (RunningStatisticsLayer)Create(kind);
+        (Matrix<double> batch, _) = Batch(8, 6, seed: 8);
         layer.Forward(batch);
         layer.Forward(batch * 2);
-        layer.Parameters[0].Value.SetValues([0.5, -1.5, 2]);
+        layer.Parameters[0].Value.SetValues([.. Enumerable.Range(0, layer.Channels).Select(c => 0.5 - (c * 1.5))]);
         layer.IsTraining = false;
-        Matrix<double> w = Matrix<double>.Build.Dense(2, 3, (i, j) => i - (0.5 * j)), x = Matrix<double>.Build.Dense(4, 2, (i, j) => i + j);
-        Vector<double> b = Vector<double>.Build.DenseOfArray([1, -2, 0.5]);
+        Matrix<double> w = Matrix<double>.Build.Dense(2, 6, (i, j) => i - (0.5 * j) + (0.1 * j * j)), x = Matrix<double>.Build.Dense(4, 2, (i, j) => i + j);
+        Vector<double> b = Vector<double>.Build.DenseOfArray([1, -2, 0.5, 3, -1, 0.25]);
         (Matrix<double> w2, Vector<double> b2) = layer.FoldInto(w, b);
-        Matrix<double> expected = layer.Forward((x * w) + Matrix<double>.Build.Dense(4, 3, (_, j) => b[j]));
-        Matrix<double> folded = (x * w2) + Matrix<double>.Build.Dense(4, 3, (_, j) => b2[j]);
-        Assert.True((expected - folded).InfinityNorm() < 1e-12 * expected.InfinityNorm());
+        Matrix<double> expected = layer.Forward((x * w) + Matrix<double>.Build.Dense(4, 6, (_, j) => b[j]));
+        Matrix<double> folded = (x * w2) + Matrix<double>.Build.Dense(4, 6, (_, j) => b2[j]);
+        Assert.True((expected - folded).InfinityNorm() < 1e-12 * expected.InfinityNorm(), $"{kind}: differ by {(expected - folded).InfinityNorm():E2}");
     }
 
     [Theory]
@@ -271,13 +324,16 @@ public class ContractTests
         INormalizationLayer layer = Create(kind, BackwardStrategy.Staged);
         layer.IsTraining = false;
         string text = layer.ToString()!;
-        Assert.StartsWith(layer.GetType().Name + "(features: 6", text, StringComparison.Ordinal);
+        var shaped = (NormalizationLayer)layer;
+        Assert.StartsWith(layer.GetType().Name + (shaped.SpatialSize == 1 ? "(features: 6" : $"(channels: {shaped.Channels}, positions: {shaped.SpatialSize}"), text, StringComparison.Ordinal);
         Assert.Contains("inference", text);
         Assert.Contains("strategy: staged", text);
         if (layer is GroupNormLayer)
         {
-            Assert.Contains("groups: 2", text);
+            Assert.Contains(kind == "spatial group norm" ? "groups: 1" : "groups: 2", text);
         }
+
+        Assert.Equal(kind == "bare batch norm", text.Contains(", not affine, no running statistics", StringComparison.Ordinal));
     }
 
     internal static (Matrix<double> X, Matrix<double> Dy) Batch(int rows, int features, int seed)
@@ -302,15 +358,16 @@ public class ContractTests
         return data;
     }
 
-    /// <summary>Linear(4→6) → normalization → tanh → Linear(6→1), squared error, SGD over every parameter list.</summary>
+    /// <summary>Linear(4→6) → normalization → tanh → Linear(6→1) with a bias, squared error, SGD over every parameter list.</summary>
     private sealed class TinyNetwork(INormalizationLayer norm)
     {
         private readonly Matrix<double> _w1 = Matrix<double>.Build.Dense(4, 6, (i, j) => Math.Sin((i * 6) + j + 1));
         private readonly Matrix<double> _w2 = Matrix<double>.Build.Dense(6, 1, (i, _) => Math.Cos(i + 1) / 2);
+        private double _b2;
 
         public double TrainStep(Matrix<double> x, Matrix<double> target)
         {
-            Matrix<double> h = x * _w1, z = norm.Forward(h), a = z.Map(Math.Tanh), output = a * _w2;
+            Matrix<double> h = x * _w1, z = norm.Forward(h), a = z.Map(Math.Tanh), output = (a * _w2) + _b2;
             Matrix<double> error = output - target;
             double loss = error.Enumerate().Sum(e => e * e) / x.RowCount;
             Matrix<double> dOutput = error * (2.0 / x.RowCount);
@@ -322,6 +379,7 @@ public class ContractTests
             const double rate = 0.05;
             _w1.Subtract(dW1 * rate, _w1);
             _w2.Subtract(dW2 * rate, _w2);
+            _b2 -= dOutput.ColumnSums()[0] * rate;
             foreach (LayerParameter p in norm.Parameters)
             {
                 p.Value.Subtract(p.Gradient * rate, p.Value);

@@ -183,9 +183,31 @@ internal sealed class NormalizationEngine
         return StepFault.None;
     }
 
-    /// <summary>Why the gradient sums of a feature are not finite: dy holds NaN or ±∞ (or its sums overflow), or else the cached x̂ does.</summary>
-    private static StepFault SumsFault(int feature, NormalizationCache cache, Matrix<double> dy)
-        => new(feature, ColumnKernels.AllFinite(DenseColumns.Column(dy, feature)) && !ColumnKernels.AllFinite(cache.NormalizedColumn(feature)) ? FaultCause.Cache : FaultCause.OutputGradient);
+    /// <summary>
+    /// Why the gradient sums over <paramref name="width"/> columns from <paramref name="first"/> (a feature, or a channel's
+    /// columns) are not finite, at the first column to blame: one where dy holds NaN or ±∞, or else one where the cached x̂ does; the block's first column when dy is
+    /// finite but its sums overflow.
+    /// </summary>
+    private static StepFault SumsFault(int first, int width, NormalizationCache cache, Matrix<double> dy)
+    {
+        for (int j = first; j < first + width; j++)
+        {
+            if (!ColumnKernels.AllFinite(DenseColumns.Column(dy, j)))
+            {
+                return new(j, FaultCause.OutputGradient);
+            }
+        }
+
+        for (int j = first; j < first + width; j++)
+        {
+            if (!ColumnKernels.AllFinite(cache.NormalizedColumn(j)))
+            {
+                return new(j, FaultCause.Cache);
+            }
+        }
+
+        return new(first, FaultCause.OutputGradient);
+    }
 
     /// <summary>
     /// The whole backward pass of one worker, unsynchronized: dL/dx, and per feature dL/dγ′ and dL/dβ′ of the affine map
@@ -216,7 +238,7 @@ internal sealed class NormalizationEngine
         int bad = synchronizer.AddUp(_sums.AsSpan(0, cache.Layout.Count * strategy.SumCount), strategy.SumCount);
         if (bad >= 0)
         {
-            return SumsFault(bad, cache, dy);
+            return SumsFault(bad * cache.Layout.SegmentColumns, cache.Layout.SegmentColumns, cache, dy);
         }
 
         StepFault dxFault = RunColumns(strategy, cache, scale, dy, dx, BackwardSteps.InputGradient);
@@ -239,11 +261,11 @@ internal sealed class NormalizationEngine
         }
     }
 
-    /// <summary>dL/dγ′ and dL/dβ′ per feature: the first two sums of each of its segments, added in block order.</summary>
+    /// <summary>dL/dγ′ and dL/dβ′ per column block (feature or channel): the first two sums of each of its segments, added in row-block order.</summary>
     private StepFault ParameterGradients(NormalizationCache cache, int sumCount, Matrix<double> dy, Span<double> scaleGradient, Span<double> shiftGradient)
     {
         int blocks = cache.RowBlocks, bad = -1;
-        for (int j = 0; j < cache.Features; j++)
+        for (int j = 0; j < cache.ColumnBlocks; j++)
         {
             double dScale = 0, dShift = 0;
             for (int b = 0; b < blocks; b++)
@@ -261,7 +283,7 @@ internal sealed class NormalizationEngine
             }
         }
 
-        return bad < 0 ? StepFault.None : SumsFault(bad, cache, dy);
+        return bad < 0 ? StepFault.None : SumsFault(bad * cache.Layout.SegmentColumns, cache.Layout.SegmentColumns, cache, dy);
     }
 
     /// <summary>
@@ -293,7 +315,7 @@ internal sealed class NormalizationEngine
             (betaGradient[j], gammaGradient[j]) = ColumnKernels.SumAndDot(DenseColumns.Column(dy, j), cache.NormalizedColumn(j));
             if (!double.IsFinite(betaGradient[j]) || !double.IsFinite(gammaGradient[j]))
             {
-                return SumsFault(j, cache, dy);
+                return SumsFault(j, 1, cache, dy);
             }
         }
 

@@ -486,17 +486,17 @@ public abstract class NormalizationLayer : INormalizationLayer
     private BackwardStrategy CheckedStrategy(BackwardStrategy strategy, string parameterName)
     {
         Guard.NotNull(strategy, parameterName);
-        if (!Centered && !strategy.SupportsUncentered)
-        {
-            throw new ArgumentException(
-                $"The {strategy.Name} strategy does not handle segments normalized without centering (its SupportsUncentered is false), which {GetType().Name} needs: its graph has no node μ.",
-                parameterName);
-        }
-
         if (strategy.SumCount < BackwardStrategy.ParameterSums)
         {
             throw new ArgumentException(
                 string.Create(CultureInfo.InvariantCulture, $"The {strategy.Name} strategy reports {strategy.SumCount} sums per segment, but every strategy provides at least Σdy·x̂ and Σdy."),
+                parameterName);
+        }
+
+        if (!Centered && !strategy.SupportsUncentered)
+        {
+            throw new ArgumentException(
+                $"The {strategy.Name} strategy does not handle segments normalized without centering (its SupportsUncentered is false), which {GetType().Name} needs: its graph has no node μ.",
                 parameterName);
         }
 
