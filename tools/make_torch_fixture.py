@@ -14,7 +14,8 @@ float64 from a fixed seed, then writes, as safetensors (written here with struct
                                (one training-mode forward and backward), and for batch norm the running statistics
                                and num_batches_tracked after that step: p + "train.running_mean" and so on
 
-and the same for inputs of shape (N, C, S) = (6, 4, 5), BatchNorm1d and GroupNorm over channels and positions:
+and the same for inputs of shape (N, C, S) = (6, 4, 5), BatchNorm1d, GroupNorm and InstanceNorm1d (with affine and
+running statistics) over channels and positions, under the prefixes bn., gn. and in.:
 
   torch_spatial_state.safetensors, torch_spatial_outputs.safetensors   (x and dy of shape [6, 4, 5]; flattened
                                row-major they are the N x (C*S) channel-major layout of issue 12)
@@ -43,6 +44,7 @@ def spatial_modules():
     return {
         "bn.": torch.nn.BatchNorm1d(4, eps=1e-5, momentum=0.1),
         "gn.": torch.nn.GroupNorm(2, 4, eps=1e-5),
+        "in.": torch.nn.InstanceNorm1d(4, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True),
     }
 
 
@@ -50,6 +52,9 @@ def constructor_call(module):
     """The call that makes the module, as the metadata records it (and the library writes it)."""
     if isinstance(module, torch.nn.BatchNorm1d):
         return f"torch.nn.BatchNorm1d({module.num_features}, eps={module.eps!r}, momentum={module.momentum!r})"
+    if isinstance(module, torch.nn.InstanceNorm1d):
+        return (f"torch.nn.InstanceNorm1d({module.num_features}, eps={module.eps!r}, momentum={module.momentum!r}, "
+                f"affine={module.affine!r}, track_running_stats={module.track_running_stats!r})")
     if isinstance(module, torch.nn.GroupNorm):
         return f"torch.nn.GroupNorm({module.num_groups}, {module.num_channels}, eps={module.eps!r})"
     (features,) = module.normalized_shape
@@ -104,7 +109,7 @@ def make(directory, name, table, train_shape, test_shape, offsets, scales, seed,
         outputs[prefix + "train.dx"] = xg.grad
         outputs[prefix + "train.dweight"] = module.weight.grad
         outputs[prefix + "train.dbias"] = module.bias.grad
-        if isinstance(module, torch.nn.BatchNorm1d):
+        if getattr(module, "running_mean", None) is not None:
             outputs[prefix + "train.running_mean"] = module.running_mean.clone()
             outputs[prefix + "train.running_var"] = module.running_var.clone()
             outputs[prefix + "train.num_batches_tracked"] = module.num_batches_tracked.clone()

@@ -16,7 +16,9 @@ namespace BatchNorm;
 /// (<c>track_running_stats=False</c>), so training and inference are the same. With running statistics, a training
 /// Forward averages each channel's instance statistics over the batch into them, running_mean ← (1 − m)·running_mean +
 /// m·meanᵢ(μᵢ) and running_var ← (1 − m)·running_var + m·meanᵢ(σᵢ²)·S/(S − 1), and an inference Forward normalizes every
-/// sample's channel with them instead, a per-channel affine map (<see cref="RunningStatisticsLayer.FoldInto"/> works).</para>
+/// sample's channel with them instead, a per-channel affine map (<see cref="RunningStatisticsLayer.FoldInto"/> works).
+/// As in PyTorch, whose instance norm never counts <c>num_batches_tracked</c>, <see cref="RunningStatisticsLayer.BatchesTracked"/>
+/// stays at what was loaded (0 for a new layer), and momentum must be a number.</para>
 /// <para>Statistics of an instance need at least 2 positions (PyTorch refuses a single one the same way).</para>
 /// </remarks>
 public sealed class InstanceNormLayer : RunningStatisticsLayer
@@ -64,7 +66,8 @@ public sealed class InstanceNormLayer : RunningStatisticsLayer
 
     /// <summary>
     /// The running statistics after a training step: each channel's instance means and unbiased variances averaged over
-    /// the batch (segment c·N + i is channel c of row i), folded in with the momentum.
+    /// the batch (segment c·N + i is channel c of row i), folded in with the momentum. The batch count does not change,
+    /// as PyTorch's instance norm leaves num_batches_tracked alone.
     /// </summary>
     private protected override StepFault PrepareCommit(NormalizationCache next)
     {
@@ -91,7 +94,7 @@ public sealed class InstanceNormLayer : RunningStatisticsLayer
             nextVariance[c] = ((1 - m) * runningVariance[c]) + (m * (batchVariance / n));
         }
 
-        NextBatches = BatchesTracked == long.MaxValue ? BatchesTracked : BatchesTracked + 1;
+        NextBatches = BatchesTracked;
         return StepFault.None;
     }
 }
