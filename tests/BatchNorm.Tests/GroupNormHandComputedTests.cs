@@ -184,6 +184,31 @@ public class GroupNormHandComputedTests
         var features = Assert.Throws<ArgumentException>(() => new GroupNormLayer(9, 3).ImportState(json));
         Assert.StartsWith("The saved state is for 6 features, but this layer has 9.", features.Message, StringComparison.Ordinal);
         Assert.Throws<FormatException>(() => new GroupNormLayer(6, 3).ImportState(json.Replace("\"groups\": 3", "\"groups\": 0", StringComparison.Ordinal)));
+
+        // Where both differ, the feature count is named first.
+        Assert.StartsWith("The saved state is for 6 features, but this layer has 4.", Assert.Throws<ArgumentException>(() => new GroupNormLayer(4, 2).ImportState(json)).Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Two_features_per_group_are_as_exact_as_two_rows_of_batch_norm()
+    {
+        // With two values x̂ = ±√(1 − δ), δ = ε/(σ² + ε), and the general closed form would cancel 1 − x̂² down to δ. Here
+        // δ is about 4e-6, so that costs five digits; the two-value form keeps them, within a few units in the last place
+        // of the exact result (γ = 1, so the gradient at x̂ is dy itself).
+        var layer = new GroupNormLayer(4, 2, epsilon: 1e-5);
+        Matrix<double> x = Matrix<double>.Build.DenseOfArray(new[,] { { 3.25, -1.5, 1e8 + 0.5, 1e8 - 0.25 }, { 0.1, 0.7, -2, 2 } });
+        Matrix<double> dy = Matrix<double>.Build.DenseOfArray(new[,] { { 0.75, -0.5, 0.125, 0.375 }, { -1, 0.25, 0.5, -0.875 } });
+        layer.Forward(x);
+        Matrix<double> dx = layer.Backward(dy);
+        for (int i = 0; i < 2; i++)
+        {
+            for (int g = 0; g < 2; g++)
+            {
+                var exact = new ExactColumn([x[i, 2 * g], x[i, (2 * g) + 1]], 1, 0, 1e-5, [dy[i, 2 * g], dy[i, (2 * g) + 1]]);
+                Ulps.AssertClose($"dx of row {i}, group {g}", exact.Dx, [dx[i, 2 * g], dx[i, (2 * g) + 1]]);
+                Ulps.AssertClose($"x̂ of row {i}, group {g}", exact.XHat, [layer.Cache!.NormalizedColumn(2 * g)[i], layer.Cache.NormalizedColumn((2 * g) + 1)[i]]);
+            }
+        }
     }
 
     [Fact]

@@ -83,6 +83,7 @@ public class StateBoundaryTests
         AssertRefused(new BatchNormLayer(2), ("epsilon", "0"), "'epsilon' must be positive, not 0.");
         AssertRefused(new BatchNormLayer(2), ("epsilon", "-0.5"), "'epsilon' must be positive, not -0.5.");
         AssertRefused(new BatchNormLayer(2), ("epsilon", "\"0.5\""), "The field 'epsilon' must be a JSON number, not string.");
+        AssertRefused(new BatchNormLayer(2), ("epsilon", "1e999"), "'epsilon' must be a finite number, not 1e999.");
     }
 
     [Fact]

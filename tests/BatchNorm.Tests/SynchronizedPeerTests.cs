@@ -119,6 +119,67 @@ public class SynchronizedPeerTests
     }
 
     [Fact]
+    public void A_strategy_sees_the_whole_count_and_where_this_worker_s_rows_start()
+    {
+        // Workers 0 and 1 hold 3 and 2 rows, this one (rank 2) holds 2 and worker 3 holds 4: 11 rows, these from index 5.
+        int[] rows = [3, 2, 2, 4];
+        var exchange = new ScriptedExchange(4, rank: 2)
+        {
+            Peers = (call, r) => call == 0 ? Payload(rows[r], 1, 0, rows[r]) : Payload(0.5, 0.25, 1, 2, 4),
+        };
+        var recording = new RecordingStrategy();
+        BatchNormLayer layer = Layer(exchange, momentum: 0.1);
+        layer.BackwardStrategy = recording;
+        layer.Forward(Matrix<double>.Build.DenseOfColumnArrays(new[] { 1.0, 3 }));
+        layer.Backward(Matrix<double>.Build.DenseOfColumnArrays(new[] { 1.0, -1 }));
+        Assert.Equal([(11, 5, 2), (11, 5, 2)], recording.Seen);
+
+        // Every slot is added up over the workers, the strategy's own as the first two: this worker sent Σdy·x̂, Σdy = 0
+        // and zeros, each of the three peers 0.5, 0.25, 1, 2 and 4.
+        Assert.Equal(0, recording.Local[1]);
+        Assert.Equal([(3 * 0.5) + recording.Local[0], 3 * 0.25, 3, 6, 12], recording.Sums);
+    }
+
+    [Fact]
+    public void A_bad_first_column_on_this_worker_is_its_own_fault_forward_and_backward()
+    {
+        var exchange = new ScriptedExchange(2, rank: 1)
+        {
+            Peers = (call, _) => call < 2 ? Payload(2, 1, 0, 0.5, 2, 1, 0, 0.5) : Payload(0.5, 1, 0, 0.5, 1, 0),
+        };
+        BatchNormLayer layer = Layer(exchange, momentum: 0.1, features: 2);
+        var forward = Assert.Throws<ArgumentException>(() => layer.Forward(Matrix<double>.Build.DenseOfArray(new[,] { { double.NaN, 2 }, { 3, 5 } })));
+        Assert.StartsWith("Column 0 of input cannot be normalized", forward.Message, StringComparison.Ordinal);
+
+        layer.Forward(Matrix<double>.Build.DenseOfArray(new[,] { { 1.0, 2 }, { 3, 5 } }));
+        var backward = Assert.Throws<ArgumentException>(() => layer.Backward(Matrix<double>.Build.DenseOfArray(new[,] { { double.PositiveInfinity, 2 }, { 3, 5 } })));
+        Assert.Equal("outputGradient", backward.ParamName);
+        Assert.StartsWith("Column 0 of outputGradient cannot be back-propagated", backward.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void The_merge_centres_on_the_first_worker_with_rows_so_a_large_offset_keeps_its_digits()
+    {
+        // Around 1e8 the doubles are 1.5e-8 apart, and the mean, 1e8 + 0.225, is not one of them: a merge centred on 0
+        // would round it and lose about eight digits of x − μ. Worker 0 has no rows; worker 2 sends the exact two-part
+        // mean of its rows a, b: centre a, correction (b − a)/2, and squared deviations (b − a)²/2.
+        double a = 1e8 + 0.3, b = 1e8 - 0.2;
+        double[] local = [1e8 + 0.1, 1e8 + 0.7];
+        double[] dy = [0.25, -0.5, 1, 0.125];
+        var exchange = new ScriptedExchange(3, rank: 1)
+        {
+            Peers = (call, r) => r == 0 ? Payload(0, 0, 0, 0) : Payload(2, a, (b - a) / 2, (b - a) * (b - a) / 2),
+        };
+        BatchNormLayer layer = Layer(exchange, momentum: 1);
+        Matrix<double> y = layer.Forward(Matrix<double>.Build.DenseOfColumnArrays(local));
+        var exact = new ExactColumn([.. local, a, b], 1, 0, Epsilon, dy);
+        Ulps.AssertClose("μ", [exact.Mean], [layer.Cache!.Mean[0]]);
+        Ulps.AssertClose("σ²", [exact.Variance], [layer.Cache.Variance[0]]);
+        Ulps.AssertClose("running variance", [exact.UnbiasedVariance], [layer.RunningVariance[0]]);
+        Ulps.AssertClose("y", exact.Y[..2], y.Column(0).ToArray(), unitOf: exact.Y.Max(Math.Abs));
+    }
+
+    [Fact]
     public void Exactly_two_rows_across_the_workers_are_enough_and_one_is_not()
     {
         BatchNormLayer two = Layer(new ScriptedExchange(2, rank: 1) { Peers = (_, _) => Payload(1, 5, 0, 0) }, momentum: 0.1);
@@ -324,6 +385,37 @@ public class SynchronizedPeerTests
 
     /// <summary>A peer that rejected its step: zeros and the status 1.</summary>
     private static double[] Rejected(int length) => [.. new double[length], 1];
+
+    /// <summary>The textbook strategy, recording what each segment tells it and the sums it is given.</summary>
+    private sealed class RecordingStrategy : BackwardStrategy
+    {
+        private readonly TextbookBackward _inner = new();
+
+        public override string Name => "recording";
+
+        public override int SumCount => 5;
+
+        public List<(int Count, int Offset, int Length)> Seen { get; } = [];
+
+        public double[] Local { get; } = new double[5];
+
+        public double[] Sums { get; } = new double[5];
+
+        protected override void SegmentSumsCore(in BackwardSegment segment, Span<double> sums, Span<double> inputGradient)
+        {
+            Seen.Add((segment.Count, segment.Offset, segment.Length));
+            _inner.SegmentSums(segment, sums[..2], inputGradient);
+            sums[2] = sums[3] = sums[4] = 0;
+            sums.CopyTo(Local);
+        }
+
+        protected override void SegmentInputGradientCore(in BackwardSegment segment, ReadOnlySpan<double> sums, Span<double> inputGradient)
+        {
+            Seen.Add((segment.Count, segment.Offset, segment.Length));
+            sums.CopyTo(Sums);
+            _inner.SegmentInputGradient(segment, sums[..2], inputGradient);
+        }
+    }
 
     /// <summary>An exchange on the calling thread: this worker's values go to its own slot, each peer's are scripted per call.</summary>
     private sealed class ScriptedExchange(int workers, int rank) : IStatisticsExchange
