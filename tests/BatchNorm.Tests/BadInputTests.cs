@@ -127,7 +127,7 @@ public class BadInputTests
         var snapshot = new LayerSnapshot(layer);
         var e = Assert.Throws<ArgumentException>(() => layer.Forward(Matrix<double>.Build.Dense(1, 3, 2.0)));
         Assert.Equal("input", e.ParamName);
-        Assert.Contains("at least 2 values per channel", e.Message);
+        Assert.Contains("at least 2 rows to estimate a variance", e.Message);
         Assert.Throws<ArgumentException>(() => layer.Forward(Matrix<double>.Build.Dense(1, 3, 2.0), Matrix<double>.Build.Dense(1, 3)));
         snapshot.AssertUnchanged();
     }

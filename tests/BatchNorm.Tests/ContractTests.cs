@@ -46,13 +46,19 @@ public class ContractTests
         "batch renorm" => new BatchRenormLayer(features, backward: strategy) { RMax = 1.5, DMax = 0.5 },
         "layer norm" => new LayerNormLayer(features, backward: strategy),
         "group norm" => new GroupNormLayer(features, features / 3, backward: strategy),
-        "spatial batch norm" => new BatchNormLayer(channels: features / 2, spatialSize: 2, backward: strategy) { VirtualBatchSize = 4 },
-        "spatial group norm" => new GroupNormLayer(channels: features / 3, groups: 1, spatialSize: 3, backward: strategy),
+        "spatial batch norm" => Ghost(BatchNormLayer.Spatial(channels: features / 2, spatialSize: 2, backward: strategy), 4),
+        "spatial group norm" => GroupNormLayer.Spatial(channels: features / 3, groups: 1, spatialSize: 3, backward: strategy),
         "instance norm" => new InstanceNormLayer(features / 2, 2, backward: strategy, affine: true, trackRunningStatistics: true),
         "rms norm" => new RMSNormLayer(features, backward: strategy),
         "bare batch norm" => new BatchNormLayer(features, backward: strategy, affine: false, trackRunningStatistics: false),
         _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "unknown kind"),
     };
+
+    private static BatchNormLayer Ghost(BatchNormLayer layer, int size)
+    {
+        layer.VirtualBatchSize = size;
+        return layer;
+    }
 
     /// <summary>The learnable parameters a kind has, by name.</summary>
     internal static string[] ParameterNames(string kind) => kind switch

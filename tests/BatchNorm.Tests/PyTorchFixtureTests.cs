@@ -35,8 +35,8 @@ public class PyTorchFixtureTests(ITestOutputHelper output)
         }
         : new()
         {
-            ["bn."] = new BatchNormLayer(channels: 4, spatialSize: 5),
-            ["gn."] = new GroupNormLayer(channels: 4, groups: 2, spatialSize: 5),
+            ["bn."] = BatchNormLayer.Spatial(channels: 4, spatialSize: 5),
+            ["gn."] = GroupNormLayer.Spatial(channels: 4, groups: 2, spatialSize: 5),
             ["in."] = new InstanceNormLayer(4, 5, affine: true, trackRunningStatistics: true),
         };
 

@@ -175,7 +175,7 @@ public class StateBoundaryTests
 
         var foreign = Assert.Throws<FormatException>(() => NormalizationLayer.FromState(With(json, ("format", "\"BatchNorm.Dropout\""))));
         Assert.Equal(
-            "The saved state has format 'BatchNorm.Dropout', which is not a layer of this library (BatchNorm.BatchNormLayer, BatchNorm.BatchRenormLayer, BatchNorm.LayerNormLayer, BatchNorm.GroupNormLayer).",
+            "The saved state has format 'BatchNorm.Dropout', which is not a layer of this library (BatchNorm.BatchNormLayer, BatchNorm.BatchRenormLayer, BatchNorm.LayerNormLayer, BatchNorm.GroupNormLayer, BatchNorm.InstanceNormLayer, BatchNorm.RMSNormLayer).",
             foreign.Message);
         var version = Assert.Throws<FormatException>(() => new BatchNormLayer(2).ImportState(With(json, ("version", "3"))));
         Assert.Equal("The saved state is format version 3; this library reads version 1 only.", version.Message);

@@ -203,7 +203,7 @@ public class SynchronizedTests
     {
         using Workers workers = new(2, r => new BatchNormLayer(2));
         Exception?[] errors = workers.Each<Exception?>(r => (layer, _) => Record.Exception(() => layer.Forward(Matrix<double>.Build.Dense(r, 2, 1.0))));
-        Assert.All(errors, e => Assert.Contains("at least 2 values per channel across all workers (rows times positions), but there are 1", Assert.IsType<ArgumentException>(e).Message));
+        Assert.All(errors, e => Assert.Contains("at least 2 rows across all workers, but there are 1", Assert.IsType<ArgumentException>(e).Message));
     }
 
     [Fact]

@@ -84,9 +84,9 @@ internal sealed class StatisticsSynchronizer(IStatisticsExchange exchange)
         if (total < 2)
         {
             throw new ArgumentException(
-                string.Create(
-                    CultureInfo.InvariantCulture,
-                    $"Training needs at least 2 values per channel across all workers (rows times positions), but there are {total}."),
+                input.ColumnCount == channels
+                    ? string.Create(CultureInfo.InvariantCulture, $"Training needs at least 2 rows across all workers, but there are {total}.")
+                    : string.Create(CultureInfo.InvariantCulture, $"Training needs at least 2 values per channel across all workers (rows times positions), but there are {total}."),
                 nameof(input));
         }
 

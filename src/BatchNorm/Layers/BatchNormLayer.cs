@@ -24,10 +24,6 @@ namespace BatchNorm;
 /// (<see cref="StatisticsExchange"/>) are ways of cutting the batch into segments on the same engine. Bad input,
 /// threads and allocation follow <see cref="NormalizationLayer"/>.</para>
 /// </remarks>
-[System.Diagnostics.CodeAnalysis.SuppressMessage(
-    "ApiDesign",
-    "RS0026:Do not add multiple public overloads with optional parameters",
-    Justification = "The per-feature and the channels-by-positions constructors differ in a required parameter (spatialSize), so no call is ambiguous.")]
 public sealed class BatchNormLayer : RunningStatisticsLayer
 {
     private int? _virtualBatchSize;
@@ -53,20 +49,26 @@ public sealed class BatchNormLayer : RunningStatisticsLayer
 
     /// <summary>
     /// Creates a layer for <paramref name="channels"/> channels of <paramref name="spatialSize"/> positions each, the
-    /// convolution layout of PyTorch's BatchNorm1d on (N, C, S) (or BatchNorm2d with S = H·W): the input has C·S columns,
-    /// each row one sample flattened channel-major (channel c is columns [c·S, (c + 1)·S)), and γ, β and the statistics
-    /// are per channel, over the N·S values of its columns.
+    /// convolution layout of PyTorch's BatchNorm1d on (N, C, S) (or BatchNorm2d with S = H·W, CS231n's spatial batch
+    /// norm): the input has C·S columns, each row one sample flattened channel-major (channel c is columns
+    /// [c·S, (c + 1)·S)), and γ, β and the statistics are per channel, over the N·S values of its columns.
     /// </summary>
     /// <param name="channels">C, at least 1.</param>
     /// <param name="spatialSize">S, at least 1; with S = 1 the layer is the per-feature layer of <paramref name="channels"/> features.</param>
-    /// <param name="epsilon">ε, as for the per-feature constructor.</param>
-    /// <param name="momentum">m, as for the per-feature constructor; the running variance is unbiased over the N·S values.</param>
+    /// <param name="epsilon">ε, as for the constructor.</param>
+    /// <param name="momentum">m, as for the constructor; the running variance is unbiased over the N·S values.</param>
     /// <param name="backward">The backward strategy; <see cref="BackwardStrategy.ClosedForm"/> when null.</param>
-    /// <param name="affine">As for the per-feature constructor.</param>
-    /// <param name="trackRunningStatistics">As for the per-feature constructor.</param>
+    /// <param name="affine">As for the constructor.</param>
+    /// <param name="trackRunningStatistics">As for the constructor.</param>
+    /// <returns>The layer, in training mode.</returns>
     /// <exception cref="ArgumentOutOfRangeException">C or S ≤ 0, C·S too large, or ε or the momentum out of range.</exception>
-    public BatchNormLayer(int channels, int spatialSize, double epsilon = 1e-5, double? momentum = 0.1, BackwardStrategy? backward = null, bool affine = true, bool trackRunningStatistics = true)
-        : base(channels, spatialSize, epsilon, momentum, backward, affine, trackRunningStatistics, nameof(channels))
+    /// <remarks>A factory rather than a second constructor, so that <c>new BatchNormLayer(64, 1)</c> cannot mean 64
+    /// channels of one position when ε = 1 was meant.</remarks>
+    public static BatchNormLayer Spatial(int channels, int spatialSize, double epsilon = 1e-5, double? momentum = 0.1, BackwardStrategy? backward = null, bool affine = true, bool trackRunningStatistics = true)
+        => new(channels, spatialSize, epsilon, momentum, backward, affine, trackRunningStatistics, nameof(channels));
+
+    private BatchNormLayer(int channels, int spatialSize, double epsilon, double? momentum, BackwardStrategy? backward, bool affine, bool trackRunningStatistics, string channelsName)
+        : base(channels, spatialSize, epsilon, momentum, backward, affine, trackRunningStatistics, channelsName)
     {
     }
 

@@ -18,10 +18,6 @@ namespace BatchNorm;
 /// changes nothing), and a single row is a valid batch. Rows are strided in MathNet's column-major storage, so the
 /// engine sweeps down the contiguous columns and treats the rows as SIMD lanes; nothing is transposed.</para>
 /// </remarks>
-[System.Diagnostics.CodeAnalysis.SuppressMessage(
-    "ApiDesign",
-    "RS0026:Do not add multiple public overloads with optional parameters",
-    Justification = "The per-feature and the channels-by-positions constructors differ in a required parameter (spatialSize), so no call is ambiguous.")]
 public sealed class GroupNormLayer : NormalizationLayer
 {
     /// <summary>Creates the layer with γ = 1 and β = 0.</summary>
@@ -39,8 +35,8 @@ public sealed class GroupNormLayer : NormalizationLayer
 
     /// <summary>
     /// Creates the layer for <paramref name="channels"/> channels of <paramref name="spatialSize"/> positions each, as
-    /// PyTorch's GroupNorm on (N, C, S): each row holds C·S columns, channel-major; each group is C/G adjacent channels
-    /// (all their positions) of one row; γ and β are per channel.
+    /// PyTorch's GroupNorm on (N, C, S) (CS231n's spatial group norm): each row holds C·S columns, channel-major; each
+    /// group is C/G adjacent channels (all their positions) of one row; γ and β are per channel.
     /// </summary>
     /// <param name="channels">C, at least 1.</param>
     /// <param name="groups">G, at least 1; it must divide C.</param>
@@ -48,12 +44,13 @@ public sealed class GroupNormLayer : NormalizationLayer
     /// <param name="epsilon">ε, positive and finite.</param>
     /// <param name="backward">The backward strategy; closed form when null.</param>
     /// <param name="affine">Whether γ and β are learnable (PyTorch's <c>affine</c>); when false they stay 1 and 0.</param>
+    /// <returns>The layer.</returns>
     /// <exception cref="ArgumentOutOfRangeException">C, G or S ≤ 0, C·S too large, or ε not positive and finite.</exception>
     /// <exception cref="ArgumentException"><paramref name="groups"/> does not divide <paramref name="channels"/>.</exception>
-    public GroupNormLayer(int channels, int groups, int spatialSize, double epsilon = 1e-5, BackwardStrategy? backward = null, bool affine = true)
-        : this(channels, groups, spatialSize, epsilon, backward, affine, nameof(channels))
-    {
-    }
+    /// <remarks>A factory rather than a second constructor, so that <c>new GroupNormLayer(32, 4, 1)</c> cannot mean
+    /// channels of one position when ε = 1 was meant.</remarks>
+    public static GroupNormLayer Spatial(int channels, int groups, int spatialSize, double epsilon = 1e-5, BackwardStrategy? backward = null, bool affine = true)
+        => new(channels, groups, spatialSize, epsilon, backward, affine, nameof(channels));
 
     private GroupNormLayer(int channels, int groups, int spatialSize, double epsilon, BackwardStrategy? backward, bool affine, string channelsName)
         : base(channels, spatialSize, epsilon, backward, affine, channelsName: channelsName)

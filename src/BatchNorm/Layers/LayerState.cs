@@ -24,11 +24,13 @@ internal sealed class LayerState
     /// <summary>How to make each layer type from its saved state, before the state is imported into it.</summary>
     private static readonly Dictionary<string, Func<LayerState, NormalizationLayer>> Factories = new(StringComparer.Ordinal)
     {
-        [FormatPrefix + nameof(BatchNormLayer)] = s => new BatchNormLayer(
+        [FormatPrefix + nameof(BatchNormLayer)] = s => BatchNormLayer.Spatial(
             s.Features, s.SpatialSize, s.Epsilon, affine: s.Affine, trackRunningStatistics: s.OptionalBoolean("trackRunningStatistics", absent: true)),
         [FormatPrefix + nameof(BatchRenormLayer)] = s => new BatchRenormLayer(s.Features, s.Epsilon),
         [FormatPrefix + nameof(LayerNormLayer)] = s => new LayerNormLayer(s.Features, s.Epsilon, affine: s.Affine),
-        [FormatPrefix + nameof(GroupNormLayer)] = s => new GroupNormLayer(s.Features, s.PositiveInteger("groups"), s.SpatialSize, s.Epsilon, affine: s.Affine),
+        [FormatPrefix + nameof(GroupNormLayer)] = s => s.SpatialSize == 1
+            ? new GroupNormLayer(s.Features, s.PositiveInteger("groups"), s.Epsilon, affine: s.Affine)
+            : GroupNormLayer.Spatial(s.Features, s.PositiveInteger("groups"), s.SpatialSize, s.Epsilon, affine: s.Affine),
         [FormatPrefix + nameof(InstanceNormLayer)] = s => new InstanceNormLayer(
             s.Features, s.SpatialSize, s.Epsilon, affine: s.Affine, trackRunningStatistics: s.OptionalBoolean("trackRunningStatistics", absent: false)),
         [FormatPrefix + nameof(RMSNormLayer)] = s => new RMSNormLayer(s.Features, s.Epsilon, s.PositiveInteger("groups"), affine: s.Affine),

@@ -137,7 +137,7 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
                 ? "Set IsTraining = false to normalize single rows with the running statistics."
                 : "This layer keeps no running statistics, so inference needs them too.";
             throw new ArgumentException(
-                $"Batch statistics need at least 2 values per channel to estimate a variance, but input is {Guard.Shape(input)}. {remedy}",
+                $"Batch statistics need at least {(SpatialSize == 1 ? "2 rows" : "2 values per channel (rows times positions)")} to estimate a variance, but input is {Guard.Shape(input)}. {remedy}",
                 nameof(input));
         }
     }
