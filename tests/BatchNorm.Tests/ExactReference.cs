@@ -96,19 +96,26 @@ internal readonly struct Exact
 /// <summary>The exact forward and closed-form backward of one feature column.</summary>
 internal sealed class ExactColumn
 {
-    public ExactColumn(double[] x, double gamma, double beta, double epsilon, double[] dy)
+    /// <summary>One segment's statistics, outputs and gradients, computed exactly and rounded once.</summary>
+    /// <param name="x">The segment's values.</param>
+    /// <param name="gamma">γ, the same for every value.</param>
+    /// <param name="beta">β.</param>
+    /// <param name="epsilon">ε.</param>
+    /// <param name="dy">The upstream gradient.</param>
+    /// <param name="centered">False for RMS norm: μ = 0, σ² is the mean square, and dx has no mean(dy) term.</param>
+    public ExactColumn(double[] x, double gamma, double beta, double epsilon, double[] dy, bool centered = true)
     {
         int n = x.Length;
         Exact count = Exact.FromInt(n);
         Exact[] xs = x.Select(Exact.From).ToArray();
-        Exact mean = Exact.Sum(xs) / count;
-        Exact[] centered = xs.Select(v => v - mean).ToArray();
-        Exact variance = Exact.Sum(centered.Select(c => c * c).ToArray()) / count;
+        Exact mean = centered ? Exact.Sum(xs) / count : Exact.FromInt(0);
+        Exact[] deviations = xs.Select(v => v - mean).ToArray();
+        Exact variance = Exact.Sum(deviations.Select(c => c * c).ToArray()) / count;
         Exact inverseStd = Exact.FromInt(1) / (variance + Exact.From(epsilon)).Sqrt();
-        Exact[] xHat = centered.Select(c => c * inverseStd).ToArray();
+        Exact[] xHat = deviations.Select(c => c * inverseStd).ToArray();
         Exact g = Exact.From(gamma);
         Exact[] dys = dy.Select(Exact.From).ToArray();
-        Exact meanDy = Exact.Sum(dys) / count;
+        Exact meanDy = centered ? Exact.Sum(dys) / count : Exact.FromInt(0);
         Exact meanDyXHat = Exact.Sum(dys.Zip(xHat, (a, b) => a * b).ToArray()) / count;
 
         Mean = mean.ToDouble();

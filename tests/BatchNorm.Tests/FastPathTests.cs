@@ -114,6 +114,14 @@ public class FastPathTests
         { "group norm", "closed" },
         { "batch renorm", "staged" },
         { "batch renorm", "closed" },
+        { "spatial ghost batches", "staged" },
+        { "spatial ghost batches", "closed" },
+        { "spatial group norm", "closed" },
+        { "instance norm", "staged" },
+        { "instance norm", "closed" },
+        { "rms norm", "staged" },
+        { "rms norm", "closed" },
+        { "bare batch norm", "closed" },
     };
 
     [Theory]
@@ -128,9 +136,20 @@ public class FastPathTests
             "ghost batches" => TrainAndInfer(new BatchNormLayer(24, backward: strategy) { VirtualBatchSize = 32 }, (l, t) => l.IsTraining = t, (l, a, b) => l.Forward(a, b), (l, a, b) => l.Backward(a, b)),
             "layer norm" => TrainAndInfer(new LayerNormLayer(24, backward: strategy), (_, _) => { }, (l, a, b) => l.Forward(a, b), (l, a, b) => l.Backward(a, b)),
             "group norm" => TrainAndInfer(new GroupNormLayer(24, 4, backward: strategy), (_, _) => { }, (l, a, b) => l.Forward(a, b), (l, a, b) => l.Backward(a, b)),
-            _ => TrainAndInfer(new BatchRenormLayer(24, backward: strategy), (l, t) => l.IsTraining = t, (l, a, b) => l.Forward(a, b), (l, a, b) => l.Backward(a, b)),
+            "batch renorm" => TrainAndInfer(new BatchRenormLayer(24, backward: strategy), (l, t) => l.IsTraining = t, (l, a, b) => l.Forward(a, b), (l, a, b) => l.Backward(a, b)),
+            "spatial ghost batches" => TrainAndInfer(Ghost(BatchNormLayer.Spatial(6, 4, backward: strategy)), (l, t) => l.IsTraining = t, (l, a, b) => l.Forward(a, b), (l, a, b) => l.Backward(a, b)),
+            "spatial group norm" => TrainAndInfer(GroupNormLayer.Spatial(6, 2, 4, backward: strategy), (_, _) => { }, (l, a, b) => l.Forward(a, b), (l, a, b) => l.Backward(a, b)),
+            "instance norm" => TrainAndInfer(new InstanceNormLayer(6, 4, backward: strategy, affine: true, trackRunningStatistics: true), (l, t) => l.IsTraining = t, (l, a, b) => l.Forward(a, b), (l, a, b) => l.Backward(a, b)),
+            "rms norm" => TrainAndInfer(new RMSNormLayer(24, groups: 3, backward: strategy), (_, _) => { }, (l, a, b) => l.Forward(a, b), (l, a, b) => l.Backward(a, b)),
+            _ => TrainAndInfer(new BatchNormLayer(24, backward: strategy, affine: false, trackRunningStatistics: false), (l, t) => l.IsTraining = t, (l, a, b) => l.Forward(a, b), (l, a, b) => l.Backward(a, b)),
         };
         AssertSteadyStateAllocatesNothing(step);
+
+        static BatchNormLayer Ghost(BatchNormLayer layer)
+        {
+            layer.VirtualBatchSize = 32;
+            return layer;
+        }
 
         Action TrainAndInfer<TLayer>(TLayer layer, Action<TLayer, bool> setTraining, Action<TLayer, Matrix<double>, Matrix<double>> forward, Action<TLayer, Matrix<double>, Matrix<double>> backward)
             => () =>

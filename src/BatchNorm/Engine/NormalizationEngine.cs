@@ -253,7 +253,23 @@ internal sealed class NormalizationEngine
         try
         {
             Runner.Run(_backward, cache.BatchSize, cache.Features, cache.ColumnBlocks);
-            return _backward.Fault;
+            StepFault fault = _backward.Fault;
+            if (!fault.Failed || cache.Layout.SegmentColumns == 1)
+            {
+                return fault;
+            }
+
+            // The workers number column blocks. A channel of several columns is blamed on its first column where dy (or the
+            // cached x̂) is not finite, and only when both are on its first column where dx overflowed.
+            int n = cache.BatchSize, width = cache.Layout.SegmentColumns;
+            StepFault cause = SumsFault(fault.Index * width, width, cache, dy);
+            if (cause.Cause == FaultCause.OutputGradient && ColumnKernels.AllFinite(DenseColumns.Data(dy).Slice(fault.Index * width * n, width * n)))
+            {
+                int at = ColumnKernels.FirstNonFinite(DenseColumns.Data(dx).Slice(fault.Index * width * n, width * n));
+                return new StepFault((fault.Index * width) + (Math.Max(at, 0) / n), fault.Cause);
+            }
+
+            return cause;
         }
         finally
         {
