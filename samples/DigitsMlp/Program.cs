@@ -69,6 +69,7 @@ static int Run(Options options)
         Console.WriteLine();
         Console.WriteLine(run.Name);
         Console.WriteLine("  epoch      loss   train acc   test acc");
+        long runStart = System.Diagnostics.Stopwatch.GetTimestamp(), normalizationBefore = Network.NormalizationTicks;
         results.Add(new RunResult(run, trainer.Train(run, options.Epochs, options.Strategy, options.Seed, (epoch, batch, batches) =>
         {
             if (live)
@@ -84,6 +85,9 @@ static int Run(Options options)
 
             Console.WriteLine(Invariant($"  {epoch.Epoch,5} {epoch.Loss,9:F4} {epoch.TrainAccuracy,10:P1} {epoch.TestAccuracy,10:P1}"));
         })));
+        double runSeconds = System.Diagnostics.Stopwatch.GetElapsedTime(runStart).TotalSeconds;
+        double normalizationSeconds = (Network.NormalizationTicks - normalizationBefore) / (double)System.Diagnostics.Stopwatch.Frequency;
+        Console.WriteLine(Invariant($"  training took {runSeconds:F2} s, of which {normalizationSeconds * 1000:F0} ms in the normalization layers' Forward and Backward"));
     }
 
     Console.WriteLine();
