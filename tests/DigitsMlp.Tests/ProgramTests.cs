@@ -118,14 +118,14 @@ public class ProgramTests
     public void Each_chosen_normalization_gets_its_runs_and_rows()
     {
         string dir = Path.Combine(Path.GetTempPath(), $"digits-out-{Guid.NewGuid():N}");
-        (int code, string output, _) = Run("--epochs", "1", "--out", dir, "--norm", "layer", "group", "renorm", "none");
+        (int code, string output, _) = Run("--epochs", "1", "--out", dir, "--norm", "layer", "group", "rms", "renorm", "none");
         Assert.Equal(0, code);
-        foreach (string run in new[] { "LayerNorm, rate 0.05", "GroupNorm (8 groups), rate 1.5", "BatchRenorm, rate 0.05", "plain, rate 1.5" })
+        foreach (string run in new[] { "LayerNorm, rate 0.05", "GroupNorm (8 groups), rate 1.5", "RMSNorm, rate 0.05", "BatchRenorm, rate 0.05", "plain, rate 1.5" })
         {
             Assert.Contains($"| {run} |", output);
         }
 
-        Assert.Equal(9, File.ReadAllLines(Path.Combine(dir, "learning-curves.csv")).Length);
+        Assert.Equal(11, File.ReadAllLines(Path.Combine(dir, "learning-curves.csv")).Length);
     }
 
     private static (int Code, string Output, string Error) Run(params string[] args)
