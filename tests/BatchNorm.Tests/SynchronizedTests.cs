@@ -50,6 +50,39 @@ public class SynchronizedTests
         }
     }
 
+    [Theory]
+    [InlineData("closed")]
+    [InlineData("staged")]
+    public void Workers_over_channels_of_positions_match_one_layer_on_the_concatenated_batch(string strategyName)
+    {
+        // Spatial batch norm: each worker's channel is its rows × S positions; the merged statistics count rows·S values.
+        const int c = 3, s = 4;
+        var random = new Random(17);
+        Matrix<double> x = Matrix<double>.Build.Dense(7, c * s, (_, j) => (j / s) - 1 + random.NextDouble()), dy = Matrix<double>.Build.Dense(7, c * s, (_, _) => random.NextDouble() - 0.5);
+        int[] bounds = [0, 3, 3, 7];
+        BatchNormLayer whole = BatchNormLayer.Spatial(c, s, backward: Strategy(strategyName));
+        using Workers workers = new(3, _ => BatchNormLayer.Spatial(c, s, backward: Strategy(strategyName)));
+        Matrix<double> y = whole.Forward(x), dx = whole.Backward(dy);
+        (Matrix<double> Y, Matrix<double> Dx)[] results = workers.Each<(Matrix<double> Y, Matrix<double> Dx)>(r => (layer, rows) =>
+        {
+            Matrix<double> yr = layer.Forward(rows(x));
+            return (yr, layer.Backward(rows(dy)));
+        }, bounds);
+        for (int r = 0; r < 3; r++)
+        {
+            int rows = bounds[r + 1] - bounds[r];
+            AssertClose(y.SubMatrix(bounds[r], rows, 0, c * s), results[r].Y);
+            AssertClose(dx.SubMatrix(bounds[r], rows, 0, c * s), results[r].Dx);
+            AssertClose(whole.GammaGradient.ToColumnMatrix(), workers.Layers[r].GammaGradient.ToColumnMatrix());
+            AssertClose(whole.RunningVariance.ToColumnMatrix(), workers.Layers[r].RunningVariance.ToColumnMatrix());
+        }
+
+        // One row of 4 positions in all is enough; the merged count is values, not rows.
+        using Workers one = new(2, _ => BatchNormLayer.Spatial(c, s, backward: Strategy(strategyName)));
+        one.Run(r => (layer, rows) => layer.Forward(x.SubMatrix(0, r, 0, c * s)));
+        Assert.All(one.Layers, l => Assert.Equal(1, l.BatchesTracked));
+    }
+
     public static TheoryData<string, int> TwoRowSplits => new()
     {
         { "closed", 0 }, { "closed", 1 }, { "closed", 2 },
