@@ -24,6 +24,24 @@ internal static class Guard
         }
     }
 
+    /// <summary>Throws unless G ≥ 1 divides the <paramref name="count"/> of features or channels it splits; returns G.</summary>
+    public static int Groups(int count, int groups, string countName, string parameterName = "groups")
+    {
+        if (groups <= 0)
+        {
+            throw new ArgumentOutOfRangeException(parameterName, groups, "The number of groups must be at least 1.");
+        }
+
+        if (count % groups != 0)
+        {
+            throw new ArgumentException(
+                string.Create(CultureInfo.InvariantCulture, $"{count} {countName} cannot be split into {groups} groups of equal size: the number of groups must divide the number of {countName}."),
+                parameterName);
+        }
+
+        return groups;
+    }
+
     /// <summary>Throws unless S ≥ 1 and C·S columns fit in an int.</summary>
     public static void SpatialSize(int channels, int spatialSize, string parameterName = "spatialSize")
     {

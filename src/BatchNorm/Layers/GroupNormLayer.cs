@@ -55,19 +55,7 @@ public sealed class GroupNormLayer : NormalizationLayer
     private GroupNormLayer(int channels, int groups, int spatialSize, double epsilon, BackwardStrategy? backward, bool affine, string channelsName)
         : base(channels, spatialSize, epsilon, backward, affine, channelsName: channelsName)
     {
-        if (groups <= 0)
-        {
-            throw new ArgumentOutOfRangeException(nameof(groups), groups, "The number of groups must be at least 1.");
-        }
-
-        if (channels % groups != 0)
-        {
-            throw new ArgumentException(
-                string.Create(CultureInfo.InvariantCulture, $"{channels} {channelsName} cannot be split into {groups} groups of equal size: the number of groups must divide the number of {channelsName}."),
-                nameof(groups));
-        }
-
-        Groups = groups;
+        Groups = Guard.Groups(channels, groups, channelsName);
     }
 
     /// <summary>Gets G, the number of groups per row.</summary>
@@ -84,11 +72,7 @@ public sealed class GroupNormLayer : NormalizationLayer
 
     private protected override string Describe() => string.Create(CultureInfo.InvariantCulture, $", groups: {Groups}") + base.Describe();
 
-    internal override string? StateShapeMismatch(LayerState state)
-        => base.StateShapeMismatch(state)
-            ?? (state.PositiveInteger("groups") is int groups && groups != Groups
-                ? string.Create(CultureInfo.InvariantCulture, $"The saved state is for {groups} groups, but this layer has {Groups}.")
-                : null);
+    internal override string? StateShapeMismatch(LayerState state) => base.StateShapeMismatch(state) ?? state.GroupsMismatch(Groups);
 
     internal override void WriteStateFields(LayerState.Writer writer) => writer.Integer("groups", Groups);
 }

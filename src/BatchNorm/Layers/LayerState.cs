@@ -248,6 +248,12 @@ internal sealed class LayerState
             ? value
             : throw new FormatException($"'{name}' must be a positive integer.");
 
+    /// <summary>Says how the saved "groups" field differs from a layer's <paramref name="groups"/>, or null when they agree.</summary>
+    public string? GroupsMismatch(int groups)
+        => PositiveInteger("groups") is int saved && saved != groups
+            ? string.Create(CultureInfo.InvariantCulture, $"The saved state is for {saved} groups, but this layer has {groups}.")
+            : null;
+
     /// <summary>Reads an integer field that may be null or absent (null then), and otherwise is at least <paramref name="minimum"/>.</summary>
     public int? OptionalInteger(string name, int minimum)
     {

@@ -38,19 +38,7 @@ public sealed class RMSNormLayer : NormalizationLayer
     public RMSNormLayer(int features, double epsilon = DefaultEpsilon, int groups = 1, BackwardStrategy? backward = null, bool affine = true)
         : base(features, 1, epsilon, backward, affine, shift: false, centered: false)
     {
-        if (groups <= 0)
-        {
-            throw new ArgumentOutOfRangeException(nameof(groups), groups, "The number of groups must be at least 1.");
-        }
-
-        if (features % groups != 0)
-        {
-            throw new ArgumentException(
-                string.Create(CultureInfo.InvariantCulture, $"{features} features cannot be split into {groups} groups of equal size: the number of groups must divide the number of features."),
-                nameof(groups));
-        }
-
-        Groups = groups;
+        Groups = Guard.Groups(features, groups, nameof(features));
     }
 
     /// <summary>Gets G, the number of groups per row.</summary>
@@ -68,11 +56,7 @@ public sealed class RMSNormLayer : NormalizationLayer
     private protected override string Describe()
         => (Groups == 1 ? string.Empty : string.Create(CultureInfo.InvariantCulture, $", groups: {Groups}")) + base.Describe();
 
-    internal override string? StateShapeMismatch(LayerState state)
-        => base.StateShapeMismatch(state)
-            ?? (state.PositiveInteger("groups") is int groups && groups != Groups
-                ? string.Create(CultureInfo.InvariantCulture, $"The saved state is for {groups} groups, but this layer has {Groups}.")
-                : null);
+    internal override string? StateShapeMismatch(LayerState state) => base.StateShapeMismatch(state) ?? state.GroupsMismatch(Groups);
 
     internal override void WriteStateFields(LayerState.Writer writer) => writer.Integer("groups", Groups);
 }
