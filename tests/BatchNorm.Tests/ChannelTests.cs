@@ -158,6 +158,54 @@ public class ChannelTests
         }
     }
 
+    [Fact]
+    public void A_bad_gamma_of_a_channel_is_named_by_its_channel_in_row_layouts_too()
+    {
+        (Matrix<double> x, _) = Batch(4, 2, 3, seed: 13);
+        foreach (NormalizationLayer layer in new NormalizationLayer[] { GroupNormLayer.Spatial(2, 1, 3), new InstanceNormLayer(2, 3, affine: true), BatchNormLayer.Spatial(2, 3) })
+        {
+            layer.Gamma[1] = double.NaN;
+            var e = Assert.Throws<InvalidOperationException>(() => layer.Forward(x));
+            Assert.StartsWith("Channel 1 cannot be normalized: γ[1] = NaN", e.Message, StringComparison.Ordinal);
+            Assert.Null(layer.Cache);
+            Assert.Equal(0, (layer as RunningStatisticsLayer)?.BatchesTracked ?? 0);
+            Assert.Equal(Enumerable.Repeat(0.0, 2), (layer as RunningStatisticsLayer)?.RunningMean ?? Vector<double>.Build.Dense(2));
+
+            // An output beyond the range of double names a column of the channel, and the channel's γ.
+            layer.Gamma[1] = 1e308;
+            layer.Beta[1] = 1e308;
+            var o = Assert.Throws<ArgumentException>(() => layer.Forward(x));
+            Assert.Contains("overflows the range of double (γ[1] = 1E+308, β[1] = 1E+308)", o.Message, StringComparison.Ordinal);
+            Assert.Contains(layer is BatchNormLayer ? "Channel 1 (columns 3–5) of input" : "of input", o.Message, StringComparison.Ordinal);
+            Assert.Null(layer.Cache);
+        }
+    }
+
+    [Fact]
+    public void A_channels_gradient_sums_that_overflow_together_are_refused_in_row_layouts_too()
+    {
+        // Each column's Σdy is finite; the channel's two columns together are not.
+        Matrix<double> x = Matrix<double>.Build.DenseOfArray(new double[,] { { 1, 2 }, { 4, -3 } });
+        Matrix<double> dy = Matrix<double>.Build.DenseOfArray(new double[,] { { 1e308, 0 }, { 0, 1e308 } });
+        foreach (NormalizationLayer layer in new NormalizationLayer[] { GroupNormLayer.Spatial(1, 1, 2), BatchNormLayer.Spatial(1, 2) })
+        {
+            layer.Forward(x);
+            var e = Assert.Throws<ArgumentException>(() => layer.Backward(dy));
+            Assert.Equal("outputGradient", e.ParamName);
+            Assert.Equal(0, layer.BetaGradient[0]);
+        }
+    }
+
+    [Fact]
+    public void A_state_with_positions_or_without_gamma_for_a_type_without_them_is_a_format_error()
+    {
+        string layerNorm = new LayerNormLayer(4).ExportState();
+        string withPositions = layerNorm.Replace("\"features\": 4", "\"features\": 4, \"spatialSize\": 2", StringComparison.Ordinal);
+        Assert.NotEqual(layerNorm, withPositions);
+        Assert.Contains("positions per channel", Assert.Throws<FormatException>(() => NormalizationLayer.FromState(withPositions)).Message);
+        Assert.Contains("positions per channel", Assert.Throws<ArgumentException>(() => new LayerNormLayer(4).ImportState(withPositions)).Message);
+    }
+
     // ---- Instance norm ----
 
     [Theory]
@@ -245,6 +293,16 @@ public class ChannelTests
         Assert.Contains("at least 2 positions per channel", e.Message);
         Assert.Null(one.Cache);
         Assert.Equal("momentum", Assert.Throws<ArgumentOutOfRangeException>(() => new InstanceNormLayer(3, 4, momentum: 1.5)).ParamName);
+    }
+
+    [Fact]
+    public void Instance_statistics_near_the_largest_double_average_into_finite_running_ones()
+    {
+        var layer = new InstanceNormLayer(1, 2, trackRunningStatistics: true);
+        layer.Forward(Matrix<double>.Build.DenseOfArray(new double[,] { { 1e308, 1e308 }, { 1e308, 1e308 } }));
+        Assert.Equal(0.1 * 1e308, layer.RunningMean[0], 1e293);
+        Assert.True(double.IsFinite(layer.RunningMean[0]));
+        layer.Forward(Matrix<double>.Build.DenseOfArray(new double[,] { { 1, 2 } }));
     }
 
     // ---- RMS norm ----

@@ -46,7 +46,7 @@ internal sealed class StagedBackward : BackwardStrategy
         {
             // RMS norm's graph: ms = (1/N)·Σᵢ xᵢ², x̂ᵢ = xᵢ·(ms + ε)^(−½), y = γ·x̂. There is no node μ; node ms stands where σ²
             // stood, with xᵢ where xᵢ − μ was.
-            sums[2] = MeanSquareNode(segment.NormalizedInput, segment.InverseStandardDeviation, inputGradient);
+            sums[2] = VarianceNode(segment.NormalizedInput, segment.InverseStandardDeviation, inputGradient);
             sums[3] = sums[4] = 0;
             return;
         }
@@ -80,21 +80,20 @@ internal sealed class StagedBackward : BackwardStrategy
     }
 
     /// <summary>
-    /// Node ms = (1/N)·Σᵢ xᵢ² of RMS norm, which feeds every x̂ᵢ = xᵢ·(ms + ε)^(−½):
-    /// dL/dms = Σᵢ dx̂ᵢ·xᵢ·(−½)·(ms + ε)^(−3/2), where xᵢ = x̂ᵢ·√(ms + ε). It is <see cref="StatisticsNodes"/>' dσ² with xᵢ
-    /// in place of xᵢ − μ.
+    /// Node σ², which feeds every x̂ᵢ = (xᵢ − μ)·(σ² + ε)^(−½): dL/dσ² = Σᵢ dx̂ᵢ·(xᵢ − μ)·(−½)·(σ² + ε)^(−3/2), with
+    /// xᵢ − μ = x̂ᵢ·√(σ² + ε). RMS norm's node ms = (1/N)·Σᵢ xᵢ² is the same node with μ = 0, so it uses this method too.
     /// </summary>
-    internal static double MeanSquareNode(ReadOnlySpan<double> xHat, double inverseStd, ReadOnlySpan<double> dXHat)
+    internal static double VarianceNode(ReadOnlySpan<double> xHat, double inverseStd, ReadOnlySpan<double> dXHat)
     {
-        double rms = 1.0 / inverseStd;
-        double dMeanSquare = 0;
+        double std = 1.0 / inverseStd;
+        double dVariance = 0;
         for (int i = 0; i < xHat.Length; i++)
         {
-            double x = xHat[i] * rms;
-            dMeanSquare += dXHat[i] * x * -0.5 * inverseStd * inverseStd * inverseStd;
+            double centered = xHat[i] * std;
+            dVariance += dXHat[i] * centered * -0.5 * inverseStd * inverseStd * inverseStd;
         }
 
-        return dMeanSquare;
+        return dVariance;
     }
 
     /// <summary>
@@ -133,14 +132,8 @@ internal sealed class StagedBackward : BackwardStrategy
         int n = xHat.Length;
         double std = 1.0 / inverseStd;
 
-        // Node x̂ᵢ = (xᵢ − μ)·(σ² + ε)^(−½). σ² feeds every x̂ᵢ:
-        // dσ² = Σᵢ dx̂ᵢ·(xᵢ − μ)·(−½)·(σ² + ε)^(−3/2), where xᵢ − μ = x̂ᵢ·√(σ² + ε).
-        double dVariance = 0;
-        for (int i = 0; i < n; i++)
-        {
-            double centered = xHat[i] * std;
-            dVariance += dXHat[i] * centered * -0.5 * inverseStd * inverseStd * inverseStd;
-        }
+        // Node x̂ᵢ = (xᵢ − μ)·(σ² + ε)^(−½). σ² feeds every x̂ᵢ.
+        double dVariance = VarianceNode(xHat, inverseStd, dXHat);
 
         // μ feeds every x̂ᵢ directly: the first part of dμ.
         double dMeanDirect = 0;

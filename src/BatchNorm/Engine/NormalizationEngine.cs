@@ -188,7 +188,7 @@ internal sealed class NormalizationEngine
     /// columns) are not finite, at the first column to blame: one where dy holds NaN or ±∞, or else one where the cached x̂ does; the block's first column when dy is
     /// finite but its sums overflow.
     /// </summary>
-    private static StepFault SumsFault(int first, int width, NormalizationCache cache, Matrix<double> dy)
+    internal static StepFault SumsFault(int first, int width, NormalizationCache cache, Matrix<double> dy)
     {
         for (int j = first; j < first + width; j++)
         {

@@ -55,15 +55,14 @@ internal readonly record struct StepFault(int Index, FaultCause Cause)
     /// <summary>The exception for a failed Forward: segments are columns, or for row layouts group·N + row.</summary>
     public Exception ForwardException(SegmentLayout layout, NormalizationLayer layer, string parameterName)
     {
-        // Column layouts number their column blocks: a feature, or a channel of several columns (positions).
-        int width = layout.ByRow ? 1 : layout.SegmentColumns;
-        string block = width == 1
-            ? string.Create(CultureInfo.InvariantCulture, $"Column {Index}")
-            : string.Create(CultureInfo.InvariantCulture, $"Channel {Index} (columns {Index * width}–{((Index + 1) * width) - 1})");
-        string unit = width == 1 ? "Feature" : "Channel";
-        (string where, int feature) = layout.ByRow
-            ? (string.Create(CultureInfo.InvariantCulture, $"Row {Index % layout.RowBlocks} of {parameterName}"), -1)
-            : ($"{block} of {parameterName}", Index);
+        // Column layouts number their column blocks: a feature, or a channel of S columns (positions). Row layouts number
+        // rows for statistics and columns for γ and β, which belong to the column's channel.
+        int positions = layer.SpatialSize, channel = layout.ByRow ? Index / positions : Index;
+        string unit = positions == 1 ? "Feature" : "Channel";
+        string column = layout.ByRow || positions == 1
+            ? string.Create(CultureInfo.InvariantCulture, $"Column {Index} of {parameterName}")
+            : string.Create(CultureInfo.InvariantCulture, $"Channel {Index} (columns {Index * positions}–{((Index + 1) * positions) - 1}) of {parameterName}");
+        string where = layout.ByRow ? string.Create(CultureInfo.InvariantCulture, $"Row {Index % layout.RowBlocks} of {parameterName}") : column;
         return Cause switch
         {
             FaultCause.Statistics when layout.ByRow => new ArgumentException(
@@ -71,12 +70,12 @@ internal readonly record struct StepFault(int Index, FaultCause Cause)
             FaultCause.Statistics => new ArgumentException(
                 $"{where} cannot be normalized: it holds NaN or infinity, or values so large that its statistics overflow.", parameterName),
             FaultCause.Parameters => new InvalidOperationException(
-                string.Create(CultureInfo.InvariantCulture, $"{unit} {Index} cannot be normalized: γ[{Index}] = {layer.Gamma[Index]:R} and β[{Index}] = {layer.Beta[Index]:R} must be finite, and so must what the layer makes of them.")),
+                string.Create(CultureInfo.InvariantCulture, $"{unit} {channel} cannot be normalized: γ[{channel}] = {layer.Gamma[channel]:R} and β[{channel}] = {layer.Beta[channel]:R} must be finite, and so must what the layer makes of them.")),
             FaultCause.Output => new ArgumentException(
-                string.Create(CultureInfo.InvariantCulture, $"{(layout.ByRow ? $"Column {Index} of {parameterName}" : where)} cannot be normalized: y = γ·x̂ + β overflows the range of double (γ[{Index}] = {layer.Gamma[Index]:R}, β[{Index}] = {layer.Beta[Index]:R})."), parameterName),
+                string.Create(CultureInfo.InvariantCulture, $"{column} cannot be normalized: y = γ·x̂ + β overflows the range of double (γ[{channel}] = {layer.Gamma[channel]:R}, β[{channel}] = {layer.Beta[channel]:R})."), parameterName),
             FaultCause.RunningStatistics when layer is RunningStatisticsLayer running => new InvalidOperationException(
-                string.Create(CultureInfo.InvariantCulture, $"{unit} {Index} cannot be normalized: RunningMean[{Index}] = {running.RunningMean[Index]:R} and RunningVariance[{Index}] = {running.RunningVariance[Index]:R}, but the running mean must be finite and the running variance finite and at least 0.")),
-            _ => new InvalidOperationException($"{where}: {Cause} (feature {feature})."),
+                string.Create(CultureInfo.InvariantCulture, $"{unit} {channel} cannot be normalized: RunningMean[{channel}] = {running.RunningMean[channel]:R} and RunningVariance[{channel}] = {running.RunningVariance[channel]:R}, but the running mean must be finite and the running variance finite and at least 0.")),
+            _ => new InvalidOperationException($"{where}: {Cause}."),
         };
     }
 

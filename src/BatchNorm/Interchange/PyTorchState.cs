@@ -85,7 +85,7 @@ public static class PyTorchState
     };
 
     /// <summary>Writes one layer's state as a safetensors file, in PyTorch's names under <paramref name="prefix"/>.</summary>
-    /// <param name="layer">The layer: a <see cref="BatchNormLayer"/>, <see cref="LayerNormLayer"/> or <see cref="GroupNormLayer"/>.</param>
+    /// <param name="layer">The layer: any layer type with a PyTorch counterpart (all but <see cref="BatchRenormLayer"/>, and <see cref="RMSNormLayer"/> of several groups).</param>
     /// <param name="prefix">Put before every name, such as "bn1." for <c>bn1.weight</c>; empty (the default) for a module's own <c>state_dict</c>.</param>
     /// <returns>The file's bytes.</returns>
     /// <exception cref="ArgumentNullException">An argument is null.</exception>

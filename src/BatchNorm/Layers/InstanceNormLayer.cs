@@ -31,7 +31,7 @@ public sealed class InstanceNormLayer : RunningStatisticsLayer
     /// <param name="backward">The backward strategy; closed form when null.</param>
     /// <param name="affine">Whether γ and β are learnable; false by default, as in PyTorch.</param>
     /// <param name="trackRunningStatistics">Whether to keep running statistics for inference; false by default, as in PyTorch.</param>
-    /// <exception cref="ArgumentOutOfRangeException">C or S ≤ 0, C·S too large, ε not positive and finite, or m outside [0, 1] or null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">C or S ≤ 0, C·S too large, ε not positive and finite, or m outside [0, 1] or NaN.</exception>
     public InstanceNormLayer(
         int channels, int spatialSize, double epsilon = 1e-5, double momentum = 0.1, BackwardStrategy? backward = null, bool affine = false, bool trackRunningStatistics = false)
         : base(channels, spatialSize, epsilon, momentum, backward, affine, trackRunningStatistics, nameof(channels))
@@ -86,12 +86,13 @@ public sealed class InstanceNormLayer : RunningStatisticsLayer
             double batchMean = 0, batchVariance = 0;
             for (int i = 0; i < n; i++)
             {
-                batchMean += mean[(c * n) + i];
-                batchVariance += variance[(c * n) + i] * bessel;
+                // Each term divided first, so that means near the largest double do not overflow their sum.
+                batchMean += mean[(c * n) + i] / n;
+                batchVariance += variance[(c * n) + i] * bessel / n;
             }
 
-            nextMean[c] = ((1 - m) * runningMean[c]) + (m * (batchMean / n));
-            nextVariance[c] = ((1 - m) * runningVariance[c]) + (m * (batchVariance / n));
+            nextMean[c] = ((1 - m) * runningMean[c]) + (m * batchMean);
+            nextVariance[c] = ((1 - m) * runningVariance[c]) + (m * batchVariance);
         }
 
         NextBatches = BatchesTracked;

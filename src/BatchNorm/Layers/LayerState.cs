@@ -172,12 +172,7 @@ internal sealed class LayerState
             }
 
             int spatialSize = OptionalPositive(root, "spatialSize") ?? 1;
-            bool affine = !root.TryGetProperty("affine", out JsonElement a) || a.ValueKind switch
-            {
-                JsonValueKind.True => true,
-                JsonValueKind.False => false,
-                _ => throw new FormatException($"'affine' must be true or false, not {Quote(a.GetRawText())}."),
-            };
+            bool affine = OptionalBoolean(root, "affine", absent: true);
             var state = new LayerState(root, external, format, features, spatialSize, affine, epsilon);
             if (affine)
             {
@@ -210,6 +205,12 @@ internal sealed class LayerState
             throw new FormatException($"The saved state does not describe a valid {state.Format}: {e.Message}", e);
         }
 
+        // A field the type cannot have (positions or no γ for a type without them) shows as a shape the new layer lacks.
+        if (layer.StateShapeMismatch(state) is string mismatch)
+        {
+            throw new FormatException($"The saved state does not describe a valid {state.Format}: {mismatch}");
+        }
+
         layer.ImportState(text);
         return layer;
     }
@@ -223,8 +224,10 @@ internal sealed class LayerState
     }
 
     /// <summary>Reads a boolean field that may be absent (then <paramref name="absent"/>).</summary>
-    public bool OptionalBoolean(string name, bool absent)
-        => !_root.TryGetProperty(name, out JsonElement element) ? absent
+    public bool OptionalBoolean(string name, bool absent) => OptionalBoolean(_root, name, absent);
+
+    private static bool OptionalBoolean(JsonElement root, string name, bool absent)
+        => !root.TryGetProperty(name, out JsonElement element) ? absent
             : element.ValueKind switch
             {
                 JsonValueKind.True => true,

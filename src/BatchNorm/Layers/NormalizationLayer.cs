@@ -289,7 +289,8 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// <exception cref="ArgumentNullException"><paramref name="json"/> is null.</exception>
     /// <exception cref="FormatException">The text is not valid JSON (for example truncated), is of another layer type or
     /// version, lacks a field, or holds a non-finite or out-of-range value. The message names the problem.</exception>
-    /// <exception cref="ArgumentException">The state is for a different number of features (or groups).</exception>
+    /// <exception cref="ArgumentException">The state is for another shape or setting than this layer: features or channels,
+    /// positions per channel, groups, affine or not, running statistics or not.</exception>
     /// <remarks>Everything is checked before anything is written, so a failed import leaves the layer untouched. A
     /// successful one drops the cache, which came from the old parameters; gradients and the mode are left as they are.</remarks>
     public void ImportState(string json)
@@ -348,17 +349,15 @@ public abstract class NormalizationLayer : INormalizationLayer
 
     /// <summary>A per-channel vector as one value per column: the vector itself when S = 1, else spread into scratch.</summary>
     private ReadOnlySpan<double> PerColumn(Vector<double> perChannel, ref double[]? scratch)
-    {
-        ReadOnlySpan<double> values = DenseColumns.Data(perChannel);
-        if (SpatialSize == 1)
-        {
-            return values;
-        }
+        => SpatialSize == 1 ? DenseColumns.Data(perChannel) : SpreadOverPositions(DenseColumns.Data(perChannel), ref scratch);
 
+    /// <summary>Each channel's value repeated over its S positions, into <paramref name="scratch"/> (C·S values, allocated once).</summary>
+    private double[] SpreadOverPositions(ReadOnlySpan<double> perChannel, ref double[]? scratch)
+    {
         scratch ??= new double[Features];
         for (int c = 0; c < Channels; c++)
         {
-            scratch.AsSpan(c * SpatialSize, SpatialSize).Fill(values[c]);
+            scratch.AsSpan(c * SpatialSize, SpatialSize).Fill(perChannel[c]);
         }
 
         return scratch;
@@ -399,15 +398,10 @@ public abstract class NormalizationLayer : INormalizationLayer
 
         // Row groups over channels of several positions: the engine works per column, so γ′ is spread over each channel's
         // positions, and the gradients of a channel's positions are added up.
-        _columnScale ??= new double[Features];
         _columnScaleGradient ??= new double[Features];
         _columnShiftGradient ??= new double[Features];
-        for (int c = 0; c < Channels; c++)
-        {
-            _columnScale.AsSpan(c * SpatialSize, SpatialSize).Fill(scale[c]);
-        }
-
-        StepFault fault = _engine.Backward(_backwardStrategy, cache, _columnScale, dy, dx, _columnScaleGradient, _columnShiftGradient);
+        double[] columnScale = SpreadOverPositions(scale, ref _columnScale);
+        StepFault fault = _engine.Backward(_backwardStrategy, cache, columnScale, dy, dx, _columnScaleGradient, _columnShiftGradient);
         for (int c = 0; c < Channels; c++)
         {
             double dScale = 0, dShift = 0;
@@ -419,6 +413,11 @@ public abstract class NormalizationLayer : INormalizationLayer
 
             scaleGradient[c] = dScale;
             shiftGradient[c] = dShift;
+            if (!fault.Failed && !(double.IsFinite(dScale) && double.IsFinite(dShift)))
+            {
+                // Every column's sums were finite, but a channel's total overflows.
+                fault = NormalizationEngine.SumsFault(c * SpatialSize, SpatialSize, cache, dy);
+            }
         }
 
         return fault;

@@ -4,17 +4,21 @@ using MathNet.Numerics.LinearAlgebra;
 namespace BatchNorm;
 
 /// <summary>
-/// The base of the layers that keep running statistics (batch norm and batch renorm): in training they normalize each
-/// feature with the batch's statistics and fold those into the running mean and variance; in inference they normalize
-/// with the running statistics, a per-feature affine map that folds into a preceding Linear layer.
+/// The base of the layers that keep running statistics (batch norm, batch renorm, and instance norm when it tracks
+/// them): in training they normalize with the batch's statistics and fold those into the running mean and variance; in
+/// inference they normalize with the running statistics, a per-channel affine map that folds into a preceding Linear
+/// layer.
 /// </summary>
 /// <remarks>
-/// <para>Per feature, after a training Forward with N rows (or N/G per ghost batch, once per block in block order):
-/// running_mean ← (1 − m)·running_mean + m·μ and running_var ← (1 − m)·running_var + m·σ²·N/(N − 1). The running variance is unbiased, as in PyTorch; the
-/// variance used to normalize is biased (÷N). With <see cref="Momentum"/> null, m = 1/BatchesTracked (after the
-/// increment): a cumulative moving average. Keras' momentum is the weight of the old value: Keras 0.99 is m = 0.01 here.</para>
+/// <para>Per channel (a feature, or C channels of S positions each), after a training Forward over n values (N·S, or
+/// (N/G)·S per ghost batch, once per block in block order): running_mean ← (1 − m)·running_mean + m·μ and
+/// running_var ← (1 − m)·running_var + m·σ²·n/(n − 1). The running variance is unbiased, as in PyTorch; the variance used
+/// to normalize is biased (÷n). With <see cref="Momentum"/> null, m = 1/BatchesTracked (after the increment): a
+/// cumulative moving average. Keras' momentum is the weight of the old value: Keras 0.99 is m = 0.01 here. Instance
+/// norm averages its per-instance statistics instead (see <see cref="InstanceNormLayer"/>).</para>
 /// <para>Inference changes no state but the cache, and works on any number of rows, including one. Backward after an
-/// inference Forward is the frozen-statistics gradient dx = dy·γ/√(running_var + ε).</para>
+/// inference Forward is the frozen-statistics gradient dx = dy·γ/√(running_var + ε). Without running statistics
+/// (<see cref="TracksRunningStatistics"/> false) both modes use the batch's statistics.</para>
 /// </remarks>
 public abstract class RunningStatisticsLayer : NormalizationLayer
 {
