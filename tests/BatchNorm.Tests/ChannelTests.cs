@@ -51,6 +51,48 @@ public class ChannelTests
         Assert.Equal(12, spatial.Features);
     }
 
+    /// <summary>
+    /// Any generated batch of N·S rows × C features is also N samples of C channels × S positions: spatial batch norm on
+    /// the second must be batch norm on the first, for every strategy, in training and then in inference.
+    /// </summary>
+    [BatchNormProperty]
+    public void Spatial_batch_norm_equals_batch_norm_on_the_rows_of_every_generated_batch(BatchCase c, BackwardStrategy strategy)
+    {
+        int s = new[] { 4, 3, 2, 1 }.First(d => c.Rows % d == 0), n = c.Rows / s;
+        BatchNormLayer rows = c.Layer(strategy), spatial = BatchNormLayer.Spatial(c.Features, s, c.Epsilon, backward: strategy);
+        rows.Gamma.CopyTo(spatial.Gamma);
+        rows.Beta.CopyTo(spatial.Beta);
+        foreach (bool training in new[] { true, false })
+        {
+            rows.IsTraining = spatial.IsTraining = training;
+            AssertClose("y", FromRows(rows.Forward(c.Input), n, s), spatial.Forward(FromRows(c.Input, n, s)));
+            AssertClose("dx", FromRows(rows.Backward(c.Dy), n, s), spatial.Backward(FromRows(c.Dy, n, s)));
+            AssertClose("dγ", rows.GammaGradient, spatial.GammaGradient);
+            AssertClose("dβ", rows.BetaGradient, spatial.BetaGradient);
+            AssertClose("running variance", rows.RunningVariance, spatial.RunningVariance);
+        }
+    }
+
+    /// <summary>Spatial group norm is column group norm with γ and β repeated over each channel's positions, bit for bit.</summary>
+    [BatchNormProperty]
+    public void Spatial_group_norm_equals_column_group_norm_bit_for_bit_on_every_generated_batch(RowCase c, BackwardStrategy strategy)
+    {
+        // The row case's G groups of features become G groups of one channel each, of (features per group) positions.
+        int groups = c.Groups, s = c.X.ColumnCount / groups;
+        GroupNormLayer spatial = GroupNormLayer.Spatial(groups, groups, s, backward: strategy);
+        var columns = new GroupNormLayer(c.X.ColumnCount, groups, backward: strategy);
+        for (int j = 0; j < c.X.ColumnCount; j++)
+        {
+            columns.Gamma[j] = spatial.Gamma[j / s] = c.Gamma[(j / s) * s];
+            columns.Beta[j] = spatial.Beta[j / s] = c.Beta[(j / s) * s];
+        }
+
+        Assert.Equal(columns.Forward(c.X), spatial.Forward(c.X));
+        Assert.Equal(columns.Backward(c.Dy), spatial.Backward(c.Dy));
+        AssertClose("dγ", PerChannel(columns.GammaGradient, s), spatial.GammaGradient);
+        AssertClose("dβ", PerChannel(columns.BetaGradient, s), spatial.BetaGradient);
+    }
+
     [Theory]
     [MemberData(nameof(Strategies))]
     public void Spatial_batch_norm_with_ghost_batches_normalizes_each_block_of_rows_over_its_positions(string strategy)
