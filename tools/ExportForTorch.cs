@@ -1,8 +1,10 @@
 // Trains the library's layers for a few steps, then writes what tools/load_in_torch.py checks in PyTorch:
 //   dotnet run tools/ExportForTorch.cs -- <output directory>
 // library_state.safetensors: the layers' state in PyTorch's names (PyTorchState.ExportSafetensors), under bn., bn_cma.,
-// gn. and ln.; library_outputs.json: a batch x, an upstream gradient dy, and for each prefix the layer's eval-mode output
-// and one training step's output, gradients and running statistics, as the library computed them.
+// gn. and ln. (6 features), bn_sp. and gn_sp. (channels × positions: 3 × 2 and 2 × 3 of the same 6 columns), in. (instance
+// norm, 3 channels × 2 positions, affine and tracked) and bn_bare. (no affine, no running statistics);
+// library_outputs.json: a batch x, an upstream gradient dy, and for each prefix the layer's eval-mode output and one
+// training step's output, gradients and running statistics, as the library computed them.
 #:project ../src/BatchNorm/BatchNorm.csproj
 
 using System;
@@ -26,6 +28,10 @@ var layers = new Dictionary<string, NormalizationLayer>
     ["bn_cma."] = new BatchNormLayer(6, epsilon: 1e-5, momentum: null),
     ["gn."] = new GroupNormLayer(6, groups: 3, epsilon: 1e-4),
     ["ln."] = new LayerNormLayer(6, epsilon: 1e-5),
+    ["bn_sp."] = BatchNormLayer.Spatial(channels: 3, spatialSize: 2, epsilon: 1e-5, momentum: 0.3),
+    ["gn_sp."] = GroupNormLayer.Spatial(channels: 2, groups: 1, spatialSize: 3, epsilon: 1e-5),
+    ["in."] = new InstanceNormLayer(3, 2, epsilon: 1e-5, momentum: 0.2, affine: true, trackRunningStatistics: true),
+    ["bn_bare."] = new BatchNormLayer(6, epsilon: 1e-5, affine: false, trackRunningStatistics: false),
 };
 foreach (NormalizationLayer layer in layers.Values)
 {
@@ -57,7 +63,7 @@ foreach ((string prefix, NormalizationLayer layer) in layers)
     Write(prefix + "train.dx", layer.Backward(dy));
     Write(prefix + "train.dweight", layer.GammaGradient.ToRowMatrix());
     Write(prefix + "train.dbias", layer.BetaGradient.ToRowMatrix());
-    if (layer is RunningStatisticsLayer running)
+    if (layer is RunningStatisticsLayer { TracksRunningStatistics: true } running)
     {
         Write(prefix + "train.running_mean", running.RunningMean.ToRowMatrix());
         Write(prefix + "train.running_var", running.RunningVariance.ToRowMatrix());

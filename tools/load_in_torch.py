@@ -24,7 +24,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_safetensors  # noqa: E402
 
-MODULES = {"torch.nn.BatchNorm1d": torch.nn.BatchNorm1d, "torch.nn.GroupNorm": torch.nn.GroupNorm, "torch.nn.LayerNorm": torch.nn.LayerNorm}
+MODULES = {
+    "torch.nn.BatchNorm1d": torch.nn.BatchNorm1d,
+    "torch.nn.InstanceNorm1d": torch.nn.InstanceNorm1d,
+    "torch.nn.GroupNorm": torch.nn.GroupNorm,
+    "torch.nn.LayerNorm": torch.nn.LayerNorm,
+}
 TOLERANCE = 1e-12
 
 
@@ -37,6 +42,15 @@ def construct(call):
     args = [ast.literal_eval(a) for a in node.args]
     kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
     return MODULES[name](*args, **kwargs).double()
+
+
+def shaped(module, batch):
+    """The N x D batch as the module takes it: (N, C, D/C) for a module over C channels of several positions (the
+    library's rows are channel-major, which is what a row-major reshape gives), else as it is."""
+    channels = getattr(module, "num_features", None) or getattr(module, "num_channels", None)
+    if channels is None or channels == batch.shape[1] and not isinstance(module, torch.nn.InstanceNorm1d):
+        return batch
+    return batch.reshape(batch.shape[0], channels, batch.shape[1] // channels)
 
 
 def compare(name, ours, theirs, report):
@@ -67,16 +81,17 @@ def main():
 
         module.eval()
         with torch.no_grad():
-            compare(prefix + "eval.y", library[prefix + "eval.y"], module(x), report)
+            compare(prefix + "eval.y", library[prefix + "eval.y"], module(shaped(module, x)), report)
         module.train()
-        xg = x.clone().requires_grad_(True)
+        xg = shaped(module, x).clone().requires_grad_(True)
         y = module(xg)
-        y.backward(dy)
+        y.backward(shaped(module, dy))
         compare(prefix + "train.y", library[prefix + "train.y"], y.detach(), report)
         compare(prefix + "train.dx", library[prefix + "train.dx"], xg.grad, report)
-        compare(prefix + "train.dweight", library[prefix + "train.dweight"], module.weight.grad, report)
-        compare(prefix + "train.dbias", library[prefix + "train.dbias"], module.bias.grad, report)
-        if isinstance(module, torch.nn.BatchNorm1d):
+        if module.weight is not None:
+            compare(prefix + "train.dweight", library[prefix + "train.dweight"], module.weight.grad, report)
+            compare(prefix + "train.dbias", library[prefix + "train.dbias"], module.bias.grad, report)
+        if getattr(module, "running_mean", None) is not None:
             compare(prefix + "train.running_mean", library[prefix + "train.running_mean"], module.running_mean, report)
             compare(prefix + "train.running_var", library[prefix + "train.running_var"], module.running_var, report)
             if module.num_batches_tracked.item() != library[prefix + "train.num_batches_tracked"]:
