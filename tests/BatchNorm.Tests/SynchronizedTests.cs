@@ -77,6 +77,14 @@ public class SynchronizedTests
             AssertClose(whole.RunningVariance.ToColumnMatrix(), workers.Layers[r].RunningVariance.ToColumnMatrix());
         }
 
+        // A NaN in one worker's channel: that worker names its own channel, the other names the worker and the channel.
+        using Workers pair = new(2, _ => BatchNormLayer.Spatial(c, s, backward: Strategy(strategyName)));
+        Matrix<double> bad = x.SubMatrix(0, 2, 0, c * s);
+        bad[1, 5] = double.NaN;
+        Exception?[] errors = pair.Each<Exception?>(r => (layer, _) => Record.Exception(() => layer.Forward(r == 0 ? bad : x.SubMatrix(2, 2, 0, c * s))));
+        Assert.Contains("Channel 1 (columns 4–7) of input", errors[0]!.Message, StringComparison.Ordinal);
+        Assert.StartsWith("Channel 1 (columns 4–7) of worker 0's batch cannot be normalized", errors[1]!.Message, StringComparison.Ordinal);
+
         // One row of 4 positions in all is enough; the merged count is values, not rows.
         using Workers one = new(2, _ => BatchNormLayer.Spatial(c, s, backward: Strategy(strategyName)));
         one.Run(r => (layer, rows) => layer.Forward(x.SubMatrix(0, r, 0, c * s)));

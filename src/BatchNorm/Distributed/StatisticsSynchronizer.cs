@@ -80,7 +80,7 @@ internal sealed class StatisticsSynchronizer(IStatisticsExchange exchange)
             return (0, 0, ownBad);
         }
 
-        ThrowForPeer(_forward, ForwardSlots, ForwardSlots, "batch", "normalized");
+        ThrowForPeer(_forward, ForwardSlots, ForwardSlots, "batch", "normalized", input.ColumnCount / channels);
         if (total < 2)
         {
             throw new ArgumentException(
@@ -133,9 +133,12 @@ internal sealed class StatisticsSynchronizer(IStatisticsExchange exchange)
     /// Adds up the per-segment sums of every worker, in rank order, in place. <paramref name="sums"/> holds
     /// <paramref name="sumCount"/> sums per segment, the first two Σdy·x̂ and Σdy, with one segment per feature.
     /// </summary>
-    /// <returns>The first feature whose sums are not finite on this worker (its own output gradient is at fault), or −1.</returns>
+    /// <param name="sums">This worker's sums, replaced by the totals.</param>
+    /// <param name="sumCount">The sums per segment.</param>
+    /// <param name="positions">The columns of each segment's channel (1 for features), for the message naming a peer's bad channel.</param>
+    /// <returns>The first feature (or channel) whose sums are not finite on this worker (its own output gradient is at fault), or −1.</returns>
     /// <exception cref="InvalidOperationException">Another worker rejected its arguments or its output gradient holds NaN or infinity.</exception>
-    public int AddUp(Span<double> sums, int sumCount)
+    public int AddUp(Span<double> sums, int sumCount, int positions = 1)
     {
         sums.CopyTo(_backward.Local(sums.Length));
         Gather(_backward, Accepted, "its output gradient");
@@ -145,7 +148,7 @@ internal sealed class StatisticsSynchronizer(IStatisticsExchange exchange)
             return ownBad;
         }
 
-        ThrowForPeer(_backward, sumCount, BackwardStrategy.ParameterSums, "output gradient", "back-propagated");
+        ThrowForPeer(_backward, sumCount, BackwardStrategy.ParameterSums, "output gradient", "back-propagated", positions);
         for (int k = 0; k < sums.Length; k++)
         {
             double total = 0;
@@ -231,15 +234,19 @@ internal sealed class StatisticsSynchronizer(IStatisticsExchange exchange)
         return -1;
     }
 
-    private static void ThrowForPeer(Channel channel, int slots, int checkedSlots, string what, string verb)
+    /// <summary>Throws, naming the first worker whose values are not finite and its column, or its channel of <paramref name="positions"/> columns.</summary>
+    private static void ThrowForPeer(Channel channel, int slots, int checkedSlots, string what, string verb, int positions)
     {
         for (int r = 0; r < channel.Workers; r++)
         {
             int bad = FirstNonFinite(channel.Of(r), slots, checkedSlots);
             if (bad >= 0)
             {
+                string where = positions == 1
+                    ? string.Create(CultureInfo.InvariantCulture, $"Column {bad}")
+                    : string.Create(CultureInfo.InvariantCulture, $"Channel {bad} (columns {bad * positions}–{((bad + 1) * positions) - 1})");
                 throw new InvalidOperationException(
-                    string.Create(CultureInfo.InvariantCulture, $"Column {bad} of worker {r}'s {what} cannot be {verb}: it holds NaN or infinity, or values so large that its sums overflow. The synchronized step fails on every worker."));
+                    string.Create(CultureInfo.InvariantCulture, $"{where} of worker {r}'s {what} cannot be {verb}: it holds NaN or infinity, or values so large that its sums overflow. The synchronized step fails on every worker."));
             }
         }
     }

@@ -235,7 +235,7 @@ internal sealed class NormalizationEngine
         BackwardStrategy strategy, NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient, StatisticsSynchronizer synchronizer)
     {
         RunColumns(strategy, cache, scale, dy, dx, BackwardSteps.Sums);
-        int bad = synchronizer.AddUp(_sums.AsSpan(0, cache.Layout.Count * strategy.SumCount), strategy.SumCount);
+        int bad = synchronizer.AddUp(_sums.AsSpan(0, cache.Layout.Count * strategy.SumCount), strategy.SumCount, cache.Layout.SegmentColumns);
         if (bad >= 0)
         {
             return SumsFault(bad * cache.Layout.SegmentColumns, cache.Layout.SegmentColumns, cache, dy);
