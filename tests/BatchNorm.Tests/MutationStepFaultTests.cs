@@ -68,8 +68,8 @@ public class MutationStepFaultTests
         // A cause no Forward produces, and running statistics of a layer without them, fall through to a plain description.
         Exception other = new StepFault(2, FaultCause.OutputGradient).ForwardException(layout, layer, "input");
         Assert.IsType<InvalidOperationException>(other);
-        Assert.Equal("Column 2 of input: OutputGradient (feature 2).", other.Message);
-        Assert.Equal("Column 0 of input: RunningStatistics (feature 0).", new StepFault(0, FaultCause.RunningStatistics).ForwardException(layout, new LayerNormLayer(3), "input").Message);
+        Assert.Equal("Column 2 of input: OutputGradient.", other.Message);
+        Assert.Equal("Column 0 of input: RunningStatistics.", new StepFault(0, FaultCause.RunningStatistics).ForwardException(layout, new LayerNormLayer(3), "input").Message);
     }
 
     [Fact]
@@ -94,7 +94,7 @@ public class MutationStepFaultTests
         Assert.Equal(
             "Channel 2 cannot be normalized: RunningMean[2] = 0 and RunningVariance[2] = Infinity, but the running mean must be finite and the running variance finite and at least 0.",
             new StepFault(2, FaultCause.RunningStatistics).ForwardException(layout, layer, "input").Message);
-        Assert.Equal("Channel 1 (columns 2–3) of input: Cache (feature 1).", new StepFault(1, FaultCause.Cache).ForwardException(layout, layer, "input").Message);
+        Assert.Equal("Channel 1 (columns 2–3) of input: Cache.", new StepFault(1, FaultCause.Cache).ForwardException(layout, layer, "input").Message);
     }
 
     [Fact]
@@ -124,7 +124,7 @@ public class MutationStepFaultTests
         Assert.Equal(
             "Feature 5 cannot be normalized: γ[5] = -2 and β[5] = 8 must be finite, and so must what the layer makes of them.",
             new StepFault(5, FaultCause.Parameters).ForwardException(layout, layer, "input").Message);
-        Assert.Equal("Row 1 of input: InputGradient (feature -1).", new StepFault(5, FaultCause.InputGradient).ForwardException(layout, layer, "input").Message);
+        Assert.Equal("Row 1 of input: InputGradient.", new StepFault(5, FaultCause.InputGradient).ForwardException(layout, layer, "input").Message);
     }
 
     [Fact]
