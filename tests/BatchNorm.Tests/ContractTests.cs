@@ -410,7 +410,7 @@ public class ContractTests
     }
 
     /// <summary>A strategy that breaks the rule that Σdy·x̂ and Σdy come first.</summary>
-    private sealed class OneSum : BackwardStrategy
+    internal sealed class OneSum : BackwardStrategy
     {
         public override string Name => "one sum";
 

@@ -14,7 +14,7 @@ public class MutationNormalizationLayerTests
     [Fact]
     public void A_strategy_with_exactly_the_two_parameter_sums_is_taken_and_gives_the_closed_form()
     {
-        var strategy = new TwoSums();
+        var strategy = new TextbookBackward();     // exactly the two sums every strategy provides, Σdy·x̂ and Σdy
         var layer = new BatchNormLayer(2, backward: strategy);
         Assert.Same(strategy, layer.BackwardStrategy);
         var reference = new BatchNormLayer(2);
@@ -38,7 +38,7 @@ public class MutationNormalizationLayerTests
         var e = Assert.Throws<ArgumentException>(() => new RMSNormLayer(2, backward: strategy));
         Assert.Equal("backward", e.ParamName);
         Assert.StartsWith(
-            "The two sums strategy does not handle segments normalized without centering (its SupportsUncentered is false), which RMSNormLayer needs: its graph has no node μ.",
+            "The textbook strategy does not handle segments normalized without centering (its SupportsUncentered is false), which RMSNormLayer needs: its graph has no node μ.",
             e.Message,
             StringComparison.Ordinal);
         var rms = new RMSNormLayer(2);
@@ -52,11 +52,11 @@ public class MutationNormalizationLayerTests
     [Fact]
     public void A_strategy_with_one_sum_is_refused_with_its_name_and_count()
     {
-        var e = Assert.Throws<ArgumentException>(() => new LayerNormLayer(2, backward: new OneSum()));
+        var e = Assert.Throws<ArgumentException>(() => new LayerNormLayer(2, backward: new ContractTests.OneSum()));
         Assert.Equal("backward", e.ParamName);
         Assert.StartsWith("The one sum strategy reports 1 sums per segment, but every strategy provides at least Σdy·x̂ and Σdy.", e.Message, StringComparison.Ordinal);
         var layer = new LayerNormLayer(2);
-        Assert.Equal("value", Assert.Throws<ArgumentException>(() => layer.BackwardStrategy = new OneSum()).ParamName);
+        Assert.Equal("value", Assert.Throws<ArgumentException>(() => layer.BackwardStrategy = new ContractTests.OneSum()).ParamName);
         Assert.Equal("value", Assert.Throws<ArgumentNullException>(() => layer.BackwardStrategy = null!).ParamName);
     }
 
@@ -117,48 +117,5 @@ public class MutationNormalizationLayerTests
         Assert.Equal("json", e.ParamName);
         Assert.StartsWith(message, e.Message, StringComparison.Ordinal);
         Assert.Equal(layer.IsAffine ? 5 : 1, layer.Gamma[0]);
-    }
-
-    /// <summary>Only the two sums every strategy provides, Σdy·x̂ and Σdy, and the closed form from them.</summary>
-    private sealed class TwoSums : BackwardStrategy
-    {
-        public override string Name => "two sums";
-
-        public override int SumCount => 2;
-
-        protected override void SegmentSumsCore(in BackwardSegment segment, Span<double> sums, Span<double> inputGradient)
-        {
-            double dot = 0, sum = 0;
-            for (int i = 0; i < segment.Length; i++)
-            {
-                dot += segment.OutputGradient[i] * segment.NormalizedInput[i];
-                sum += segment.OutputGradient[i];
-            }
-
-            sums[0] = dot;
-            sums[1] = sum;
-        }
-
-        protected override void SegmentInputGradientCore(in BackwardSegment segment, ReadOnlySpan<double> sums, Span<double> inputGradient)
-        {
-            double scale = segment.Gamma * segment.InverseStandardDeviation;
-            for (int i = 0; i < segment.Length; i++)
-            {
-                inputGradient[i] = segment.FrozenStatistics
-                    ? scale * segment.OutputGradient[i]
-                    : scale * (segment.OutputGradient[i] - (sums[1] / segment.Count) - (segment.NormalizedInput[i] * sums[0] / segment.Count));
-            }
-        }
-    }
-
-    private sealed class OneSum : BackwardStrategy
-    {
-        public override string Name => "one sum";
-
-        public override int SumCount => 1;
-
-        protected override void SegmentSumsCore(in BackwardSegment segment, Span<double> sums, Span<double> inputGradient) => throw new NotSupportedException();
-
-        protected override void SegmentInputGradientCore(in BackwardSegment segment, ReadOnlySpan<double> sums, Span<double> inputGradient) => throw new NotSupportedException();
     }
 }
