@@ -158,18 +158,15 @@ internal static class QuadKernels
             return bad;
         }
 
-        Lane l0 = new(center, correction, inverseStd, gamma, beta, 0), l1 = new(center, correction, inverseStd, gamma, beta, 1);
-        Lane l2 = new(center, correction, inverseStd, gamma, beta, 2), l3 = new(center, correction, inverseStd, gamma, beta, 3);
-        Vector256<double> p0 = Vector256<double>.Zero, p1 = p0, p2 = p0, p3 = p0;
-        for (int i = 0; i < n; i += 4)
-        {
-            p0 += l0.Normalize(ref x, ref xHat, ref y, (nuint)i);
-            p1 += l1.Normalize(ref x, ref xHat, ref y, (nuint)(n + i));
-            p2 += l2.Normalize(ref x, ref xHat, ref y, (nuint)((2 * n) + i));
-            p3 += l3.Normalize(ref x, ref xHat, ref y, (nuint)((3 * n) + i));
-        }
-
-        return (double.IsNaN(Lanes(p0)) ? 1 : 0) | (double.IsNaN(Lanes(p1)) ? 2 : 0) | (double.IsNaN(Lanes(p2)) ? 4 : 0) | (double.IsNaN(Lanes(p3)) ? 8 : 0);
+        return FourLanes(
+            new Lane(center, correction, inverseStd, gamma, beta, 0),
+            new Lane(center, correction, inverseStd, gamma, beta, 1),
+            new Lane(center, correction, inverseStd, gamma, beta, 2),
+            new Lane(center, correction, inverseStd, gamma, beta, 3),
+            ref x,
+            ref xHat,
+            ref y,
+            n);
     }
 
     /// <summary>
@@ -225,18 +222,40 @@ internal static class QuadKernels
             return bad;
         }
 
-        GradientLane l0 = new(meanDy, meanDyXHat, scale, 0), l1 = new(meanDy, meanDyXHat, scale, 1);
-        GradientLane l2 = new(meanDy, meanDyXHat, scale, 2), l3 = new(meanDy, meanDyXHat, scale, 3);
+        return FourLanes(
+            new GradientLane(meanDy, meanDyXHat, scale, 0),
+            new GradientLane(meanDy, meanDyXHat, scale, 1),
+            new GradientLane(meanDy, meanDyXHat, scale, 2),
+            new GradientLane(meanDy, meanDyXHat, scale, 3),
+            ref dy,
+            ref xHat,
+            ref dx,
+            n);
+    }
+
+    /// <summary>
+    /// The element-wise pass over four adjacent segments of n values (n a multiple of 4), segment s with lane op s, four
+    /// values of each segment per step; returns the mask of segments whose output is not finite (bit s for segment s).
+    /// </summary>
+    private static int FourLanes<TLane>(TLane l0, TLane l1, TLane l2, TLane l3, ref double input, ref double normalized, ref double output, int n)
+        where TLane : struct, IQuadLane
+    {
         Vector256<double> p0 = Vector256<double>.Zero, p1 = p0, p2 = p0, p3 = p0;
         for (int i = 0; i < n; i += 4)
         {
-            p0 += l0.InputGradient(ref dy, ref xHat, ref dx, (nuint)i);
-            p1 += l1.InputGradient(ref dy, ref xHat, ref dx, (nuint)(n + i));
-            p2 += l2.InputGradient(ref dy, ref xHat, ref dx, (nuint)((2 * n) + i));
-            p3 += l3.InputGradient(ref dy, ref xHat, ref dx, (nuint)((3 * n) + i));
+            p0 += l0.Apply(ref input, ref normalized, ref output, (nuint)i);
+            p1 += l1.Apply(ref input, ref normalized, ref output, (nuint)(n + i));
+            p2 += l2.Apply(ref input, ref normalized, ref output, (nuint)((2 * n) + i));
+            p3 += l3.Apply(ref input, ref normalized, ref output, (nuint)((3 * n) + i));
         }
 
         return (double.IsNaN(Lanes(p0)) ? 1 : 0) | (double.IsNaN(Lanes(p1)) ? 2 : 0) | (double.IsNaN(Lanes(p2)) ? 4 : 0) | (double.IsNaN(Lanes(p3)) ? 8 : 0);
+    }
+
+    /// <summary>One segment's element-wise op on four values at index i of three arrays; returns output − output, the NaN probe.</summary>
+    private interface IQuadLane
+    {
+        Vector256<double> Apply(ref double input, ref double normalized, ref double output, nuint i);
     }
 
     /// <summary>
@@ -284,15 +303,15 @@ internal static class QuadKernels
     }
 
     /// <summary>One segment's normalization constants, broadcast.</summary>
-    private readonly struct Lane(Vector256<double> center, Vector256<double> correction, Vector256<double> inverseStd, Vector256<double> gamma, Vector256<double> beta, int s)
+    private readonly struct Lane(Vector256<double> center, Vector256<double> correction, Vector256<double> inverseStd, Vector256<double> gamma, Vector256<double> beta, int s) : IQuadLane
     {
         private readonly Vector256<double> _center = Vector256.Create(center.GetElement(s)), _correction = Vector256.Create(correction.GetElement(s));
         private readonly Vector256<double> _inverseStd = Vector256.Create(inverseStd.GetElement(s)), _gamma = Vector256.Create(gamma.GetElement(s));
         private readonly Vector256<double> _beta = Vector256.Create(beta.GetElement(s));
 
-        /// <summary>Normalizes four values at index i; returns y − y, the NaN probe.</summary>
+        /// <summary>Normalizes four values of x at index i into x̂ and y; returns y − y, the NaN probe.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public Vector256<double> Normalize(ref double x, ref double xHat, ref double y, nuint i)
+        public Vector256<double> Apply(ref double x, ref double xHat, ref double y, nuint i)
         {
             Vector256<double> h = Normalized(Vector256.LoadUnsafe(ref x, i), _center, _correction, _inverseStd);
             Vector256<double> output = MultiplyAdd(h, _gamma, _beta);
@@ -303,14 +322,14 @@ internal static class QuadKernels
     }
 
     /// <summary>One segment's closed-form gradient constants, broadcast.</summary>
-    private readonly struct GradientLane(Vector256<double> meanDy, Vector256<double> meanDyXHat, Vector256<double> scale, int s)
+    private readonly struct GradientLane(Vector256<double> meanDy, Vector256<double> meanDyXHat, Vector256<double> scale, int s) : IQuadLane
     {
         private readonly Vector256<double> _meanDy = Vector256.Create(meanDy.GetElement(s)), _meanDyXHat = Vector256.Create(meanDyXHat.GetElement(s));
         private readonly Vector256<double> _scale = Vector256.Create(scale.GetElement(s));
 
-        /// <summary>dx of four values at index i; returns dx − dx, the NaN probe.</summary>
+        /// <summary>dx of four values at index i from dy and x̂; returns dx − dx, the NaN probe.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public Vector256<double> InputGradient(ref double dy, ref double xHat, ref double dx, nuint i)
+        public Vector256<double> Apply(ref double dy, ref double xHat, ref double dx, nuint i)
         {
             Vector256<double> r = ClosedFormInputGradient(Vector256.LoadUnsafe(ref dy, i), Vector256.LoadUnsafe(ref xHat, i), _meanDy, _meanDyXHat, _scale);
             r.StoreUnsafe(ref dx, i);
