@@ -106,4 +106,22 @@ public class MutationColumnKernelTests
             Assert.Equal(expected, dx[row, column], 1e-14 * double.MaxValue);
         }
     }
+
+    [Fact]
+    public void The_kernels_refuse_spans_shorter_than_the_first_source()
+    {
+        // Internal preconditions: every caller passes spans of one length, so these guard the kernels' own use.
+        double[] three = new double[3], two = new double[2];
+        Assert.Equal("b", Assert.Throws<ArgumentException>(() => ColumnKernels.SumAndDot(three, two)).ParamName);
+        Assert.Contains("shorter than the first", Assert.Throws<ArgumentException>(() => ColumnKernels.SumAndDot(three, two)).Message);
+        Assert.Contains("at least as long", Assert.Throws<ArgumentException>(() => ColumnKernels.ClosedFormInputGradient(three, two, 0, 0, 1, new double[3], false)).Message);
+        Assert.Contains("at least as long", Assert.Throws<ArgumentException>(() => ColumnKernels.Scale(three, 1, two, false)).Message);
+        Assert.Contains("at least as long", Assert.Throws<ArgumentException>(() => ColumnKernels.Normalize(three, 0, 0, 1, 1, 0, new double[3], two, false)).Message);
+
+        // Equal lengths pass, and longer destinations are fine.
+        Assert.Equal((6.0, 14.0), ColumnKernels.SumAndDot(new[] { 1.0, 2, 3 }, new[] { 1.0, 2, 3, 4 }));
+        double[] dx = new double[4];
+        Assert.True(ColumnKernels.Scale(new[] { 1.0, 2, 3 }, 2, dx, false));
+        Assert.Equal(new[] { 2.0, 4, 6, 0 }, dx);
+    }
 }
