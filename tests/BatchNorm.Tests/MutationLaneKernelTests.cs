@@ -75,4 +75,109 @@ public class MutationLaneKernelTests
             Assert.Equal(expected, dx[row, j], 1e-14 * double.MaxValue);
         }
     }
+
+    /// <summary>Rows × features × groups: chunks of 16 rows and a rest, blocks of 128 features, tiles of 256 rows.</summary>
+    public static TheoryData<int, int, int> Shapes => new()
+    {
+        { 37, 6, 1 }, { 37, 6, 3 }, { 37, 300, 1 }, { 37, 300, 3 }, { 300, 300, 1 }, { 300, 12, 2 },
+    };
+
+    [Theory]
+    [MemberData(nameof(Shapes))]
+    public void Every_row_gets_the_bits_it_gets_alone(int rows, int features, int groups)
+    {
+        // Rows are SIMD lanes, 16 at a time in registers, the rest one by one, tiles of 256; a row's statistics, y and dx
+        // must not depend on where it falls. Group g's values lie near 1e8·(g + 1) with a spread of 1, so a lost pass
+        // around the mean, a wrong center or a wrong column shows in the last bits.
+        var random = new Random(rows + features + groups);
+        int size = features / groups;
+        Matrix<double> x = Matrix<double>.Build.Dense(rows, features, (i, j) => (1e8 * (1 + (j / size))) + random.NextDouble());
+        Matrix<double> dy = Matrix<double>.Build.Dense(rows, features, (i, j) => random.NextDouble() - 0.5);
+        NormalizationLayer all = Layer(features, groups, random.Next());
+        Matrix<double> y = all.Forward(x), dx = all.Backward(dy);
+        for (int i = 0; i < rows; i++)
+        {
+            NormalizationLayer alone = Layer(features, groups, random.Next());
+            CopyParameters(all, alone);
+            Matrix<double> yAlone = alone.Forward(x.SubMatrix(i, 1, 0, features)), dxAlone = alone.Backward(dy.SubMatrix(i, 1, 0, features));
+            for (int g = 0; g < groups; g++)
+            {
+                Bits(alone.Cache!.Mean[g], all.Cache!.Mean[(g * rows) + i], $"mean of row {i}, group {g}");
+                Bits(alone.Cache.Variance[g], all.Cache.Variance[(g * rows) + i], $"variance of row {i}, group {g}");
+            }
+
+            for (int j = 0; j < features; j++)
+            {
+                Bits(yAlone[0, j], y[i, j], $"y[{i}, {j}]");
+                Bits(dxAlone[0, j], dx[i, j], $"dx[{i}, {j}]");
+            }
+        }
+    }
+
+    [Theory]
+    [InlineData(37, 6, 3)]
+    [InlineData(37, 300, 2)]
+    public void Every_group_gets_the_bits_a_layer_norm_on_its_features_computes(int rows, int features, int groups)
+    {
+        // A group's statistics start from its own first feature, whatever the other groups hold.
+        var random = new Random(features * groups);
+        int size = features / groups;
+        Matrix<double> x = Matrix<double>.Build.Dense(rows, features, (i, j) => (1e8 * (1 + (3 * (j / size)))) + random.NextDouble());
+        var group = new GroupNormLayer(features, groups);
+        Matrix<double> y = group.Forward(x);
+        for (int g = 0; g < groups; g++)
+        {
+            var layer = new LayerNormLayer(size);
+            Matrix<double> yAlone = layer.Forward(x.SubMatrix(0, rows, g * size, size));
+            for (int i = 0; i < rows; i++)
+            {
+                Bits(layer.Cache!.Mean[i], group.Cache!.Mean[(g * rows) + i], $"mean of row {i}, group {g}");
+                Bits(layer.Cache.Variance[i], group.Cache.Variance[(g * rows) + i], $"variance of row {i}, group {g}");
+                for (int j = 0; j < size; j++)
+                {
+                    Bits(yAlone[i, j], y[i, (g * size) + j], $"y[{i}, {(g * size) + j}]");
+                }
+            }
+        }
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    [InlineData(3)]
+    [InlineData(4)]
+    public void A_row_whose_squares_overflow_around_its_mean_too_is_named(int row)
+    {
+        // ±1e155 around a mean of 0: the squares overflow around the first value and again around the mean, so the
+        // statistics cannot be formed; rows 0–3 go four at a time, row 4 alone.
+        var layer = new LayerNormLayer(4);
+        Matrix<double> x = Matrix<double>.Build.Dense(5, 4, (i, j) => j + 1.0);
+        x.SetRow(row, new[] { 1e155, -1e155, 1e155, -1e155 });
+
+        var e = Assert.Throws<ArgumentException>(() => layer.Forward(x));
+
+        Assert.Contains($"Row {row} of input", e.Message);
+        Assert.Contains("statistics overflow", e.Message);
+        Assert.Null(layer.Cache);
+    }
+
+    private static NormalizationLayer Layer(int features, int groups, int seed)
+    {
+        var random = new Random(seed);
+        NormalizationLayer layer = groups == 1 ? new LayerNormLayer(features) : new GroupNormLayer(features, groups);
+        layer.Gamma.MapInplace(_ => 0.5 + random.NextDouble());
+        layer.Beta.MapInplace(_ => random.NextDouble() - 0.5);
+        return layer;
+    }
+
+    private static void CopyParameters(NormalizationLayer from, NormalizationLayer to)
+    {
+        from.Gamma.CopyTo(to.Gamma);
+        from.Beta.CopyTo(to.Beta);
+    }
+
+    private static void Bits(double expected, double actual, string what)
+        => Assert.True(
+            BitConverter.DoubleToInt64Bits(expected) == BitConverter.DoubleToInt64Bits(actual),
+            $"{what}: {expected:R} alone but {actual:R} among the others");
 }
