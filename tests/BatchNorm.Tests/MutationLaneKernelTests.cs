@@ -161,6 +161,33 @@ public class MutationLaneKernelTests
         Assert.Null(layer.Cache);
     }
 
+    [Fact]
+    public void Sums_over_blocks_of_features_carry_their_rounding_error_to_the_end()
+    {
+        // 300 features in blocks of 128, 128 and 44. Every row is 0 and ±2²⁶ in block 1 (Σx² = 2⁵³), ±0.5 twice in
+        // block 2 (0.5) and four times in block 3 (1): Σx = 0, so the variance is Σx²/300 = (2⁵³ + 1.5)/300. Added block by
+        // block, 2⁵³ + 0.5 and then + 1 round to 2⁵³ (the spacing there is 2); the compensation keeps the 1.5, and
+        // (2⁵³ + 1.5)/300 rounds to 30023997515803.312, where 2⁵³/300 or (2⁵³ − 1.5)/300 give 30023997515803.305 and .3.
+        // 17 rows: 16 in registers, one alone.
+        Matrix<double> x = Matrix<double>.Build.Dense(17, 300);
+        for (int i = 0; i < 17; i++)
+        {
+            x[i, 1] = 1 << 26;
+            x[i, 2] = -(1 << 26);
+            x[i, 128] = x[i, 256] = x[i, 258] = 0.5;
+            x[i, 129] = x[i, 257] = x[i, 259] = -0.5;
+        }
+
+        var layer = new LayerNormLayer(300);
+        layer.Forward(x);
+
+        for (int i = 0; i < 17; i++)
+        {
+            Assert.Equal(0, layer.Cache!.Mean[i]);
+            Assert.Equal(30023997515803.312, layer.Cache.Variance[i]);
+        }
+    }
+
     private static NormalizationLayer Layer(int features, int groups, int seed)
     {
         var random = new Random(seed);
