@@ -9,6 +9,13 @@ using Perfolizer.Horology;
 // Results land in BenchmarkDotNet.Artifacts/results; the committed copies are in benchmarks/results.
 // With the argument "ratios" it prints the same-process ratio table instead (see SameRunRatios), of every shape or of
 // the shapes that follow, as in "ratios 32x128 64x128".
+// With "kernels" it prints the float-to-double time ratios of the column kernels (see KernelPrecisionRatios).
+if (args is ["kernels", ..])
+{
+    System.Console.WriteLine(BatchNorm.Benchmarks.KernelPrecisionRatios.Run(shapes: args[1..]));
+    return;
+}
+
 if (args is ["ratios", ..])
 {
     System.Console.WriteLine(BatchNorm.Benchmarks.SameRunRatios.Run(shapes: args[1..]));

@@ -9,8 +9,9 @@ namespace BatchNorm;
 
 /// <summary>
 /// Kernels over one feature column, a contiguous span of a column-major matrix.
-/// Two loop skeletons (<see cref="Reduce{TOp}"/> and <see cref="Map{TOp}"/>) hold the vectorized loops;
-/// the operations plug into them as small structs.
+/// Two loop skeletons (<see cref="Reduce{T, TOp}"/> and <see cref="Map{T, TOp}"/>) hold the vectorized loops;
+/// the operations plug into them as small structs. The data are of element type T, double or float, read and written
+/// through <see cref="Elements{T}"/>: the operations and every sum are in double either way.
 /// </summary>
 internal static class ColumnKernels
 {
@@ -28,10 +29,11 @@ internal static class ColumnKernels
     /// to lie farther than σ/4 from the mean, a second pass repeats this around the mean found by the first.
     /// Never E[x²] − E[x]². NaN or infinity in x gives a non-finite result.
     /// </remarks>
-    public static void Moments(ReadOnlySpan<double> x, out double mean, out double meanCorrection, out double variance)
+    public static void Moments<T>(ReadOnlySpan<T> x, out double mean, out double meanCorrection, out double variance)
+        where T : unmanaged
     {
         int n = x.Length;
-        double center = x[0];
+        double center = Elements<T>.ToDouble(x[0]);
         bool isShort = n <= QuadKernels.MaxLength && QuadKernels.IsSupported;
         for (int pass = 0; ; pass++)
         {
@@ -66,7 +68,8 @@ internal static class ColumnKernels
     }
 
     /// <summary>Effectively computes (Σ dy[i], Σ dy[i]·x̂[i]).</summary>
-    public static (double SumDy, double SumDyXHat) SumAndDot(ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat)
+    public static (double SumDy, double SumDyXHat) SumAndDot<T>(ReadOnlySpan<T> dy, ReadOnlySpan<T> xHat)
+        where T : unmanaged
         => dy.Length <= QuadKernels.MaxLength && QuadKernels.IsSupported && xHat.Length >= dy.Length
             ? QuadKernels.Sum(dy, xHat)
             : Reduce(dy, xHat, default(SumAndDotOp));
@@ -74,19 +77,22 @@ internal static class ColumnKernels
     /// <summary>Effectively computes x̂[i] = ((x[i] − mean) − meanCorrection)·inverseStd and y[i] = γ·x̂[i] + β.</summary>
     /// <returns>Whether every y is finite.</returns>
     /// <remarks>y may be the same memory as x. With <c>stream</c> set, x̂ is written with non-temporal stores (see <see cref="StreamingThreshold"/>).</remarks>
-    public static bool Normalize(ReadOnlySpan<double> x, double mean, double meanCorrection, double inverseStd, double gamma, double beta, Span<double> xHat, Span<double> y, bool stream)
+    public static bool Normalize<T>(ReadOnlySpan<T> x, double mean, double meanCorrection, double inverseStd, double gamma, double beta, Span<T> xHat, Span<T> y, bool stream)
+        where T : unmanaged
         => Map(x, x, xHat, y, new NormalizeOp(mean, meanCorrection, inverseStd, gamma, beta), stream);
 
     /// <summary>Effectively computes dx[i] = scale·(dy[i] − meanDy − x̂[i]·meanDyXHat).</summary>
     /// <returns>Whether every dx is finite.</returns>
     /// <remarks>With <c>stream</c> set, dx is written with non-temporal stores (see <see cref="StreamingThreshold"/>).</remarks>
-    public static bool ClosedFormInputGradient(ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, double meanDy, double meanDyXHat, double scale, Span<double> dx, bool stream)
+    public static bool ClosedFormInputGradient<T>(ReadOnlySpan<T> dy, ReadOnlySpan<T> xHat, double meanDy, double meanDyXHat, double scale, Span<T> dx, bool stream)
+        where T : unmanaged
         => Map(dy, xHat, dx, dx, new ClosedFormOp(meanDy, meanDyXHat, scale), stream);
 
     /// <summary>Effectively computes dx[i] = scale·dy[i].</summary>
     /// <returns>Whether every dx is finite.</returns>
     /// <remarks>With <c>stream</c> set, dx is written with non-temporal stores (see <see cref="StreamingThreshold"/>).</remarks>
-    public static bool Scale(ReadOnlySpan<double> dy, double scale, Span<double> dx, bool stream)
+    public static bool Scale<T>(ReadOnlySpan<T> dy, double scale, Span<T> dx, bool stream)
+        where T : unmanaged
         => Map(dy, dy, dx, dx, new ScaleOp(scale), stream);
 
     /// <summary>values[i] /= divisor, each quotient correctly rounded as a scalar division would give it.</summary>
@@ -110,19 +116,22 @@ internal static class ColumnKernels
     }
 
     /// <summary>Gets whether every value is finite.</summary>
-    public static bool AllFinite(ReadOnlySpan<double> values) => FirstNonFinite(values) < 0;
+    public static bool AllFinite<T>(ReadOnlySpan<T> values)
+        where T : unmanaged
+        => FirstNonFinite(values) < 0;
 
     /// <summary>Gets the index of the first value that is NaN or ±∞, or −1.</summary>
-    public static int FirstNonFinite(ReadOnlySpan<double> values)
+    public static int FirstNonFinite<T>(ReadOnlySpan<T> values)
+        where T : unmanaged
     {
         int width = Vector<double>.Count, i = 0;
         if (Vector.IsHardwareAccelerated)
         {
-            ref double v0 = ref MemoryMarshal.GetReference(values);
+            ref T v0 = ref MemoryMarshal.GetReference(values);
             for (; i <= values.Length - width; i += width)
             {
-                // v − v is 0 for a finite v and NaN for NaN or ±∞.
-                Vector<double> v = Vector.LoadUnsafe(ref v0, (nuint)i);
+                // v − v is 0 for a finite v and NaN for NaN or ±∞ (widened exactly: a float ±∞ is a double ±∞).
+                Vector<double> v = Elements<T>.LoadVector(ref v0, (nuint)i);
                 if (!Vector.EqualsAll(v - v, Vector<double>.Zero))
                 {
                     break;
@@ -132,7 +141,7 @@ internal static class ColumnKernels
 
         for (; i < values.Length; i++)
         {
-            if (!double.IsFinite(values[i]))
+            if (!double.IsFinite(Elements<T>.ToDouble(values[i])))
             {
                 return i;
             }
@@ -142,7 +151,8 @@ internal static class ColumnKernels
     }
 
     /// <summary>Two sums over a and b, accumulated in SIMD lanes per block and compensated across blocks.</summary>
-    private static (double First, double Second) Reduce<TOp>(ReadOnlySpan<double> a, ReadOnlySpan<double> b, TOp op)
+    private static (double First, double Second) Reduce<T, TOp>(ReadOnlySpan<T> a, ReadOnlySpan<T> b, TOp op)
+        where T : unmanaged
         where TOp : struct, IReduceOp
     {
         if (b.Length < a.Length)
@@ -152,8 +162,8 @@ internal static class ColumnKernels
 
         var first = default(CompensatedSum);
         var second = default(CompensatedSum);
-        ref double a0 = ref MemoryMarshal.GetReference(a);
-        ref double b0 = ref MemoryMarshal.GetReference(b);
+        ref T a0 = ref MemoryMarshal.GetReference(a);
+        ref T b0 = ref MemoryMarshal.GetReference(b);
         int width = Vector<double>.Count, length = a.Length;
         for (int start = 0; start < length; start += BlockLength)
         {
@@ -165,10 +175,10 @@ internal static class ColumnKernels
             {
                 for (; i <= end - (4 * width); i += 4 * width)
                 {
-                    Vector<double> a1 = Vector.LoadUnsafe(ref a0, (nuint)i), b1 = Vector.LoadUnsafe(ref b0, (nuint)i);
-                    Vector<double> a2 = Vector.LoadUnsafe(ref a0, (nuint)(i + width)), b2 = Vector.LoadUnsafe(ref b0, (nuint)(i + width));
-                    Vector<double> a3 = Vector.LoadUnsafe(ref a0, (nuint)(i + (2 * width))), b3 = Vector.LoadUnsafe(ref b0, (nuint)(i + (2 * width)));
-                    Vector<double> a4 = Vector.LoadUnsafe(ref a0, (nuint)(i + (3 * width))), b4 = Vector.LoadUnsafe(ref b0, (nuint)(i + (3 * width)));
+                    Vector<double> a1 = Elements<T>.LoadVector(ref a0, (nuint)i), b1 = Elements<T>.LoadVector(ref b0, (nuint)i);
+                    Vector<double> a2 = Elements<T>.LoadVector(ref a0, (nuint)(i + width)), b2 = Elements<T>.LoadVector(ref b0, (nuint)(i + width));
+                    Vector<double> a3 = Elements<T>.LoadVector(ref a0, (nuint)(i + (2 * width))), b3 = Elements<T>.LoadVector(ref b0, (nuint)(i + (2 * width)));
+                    Vector<double> a4 = Elements<T>.LoadVector(ref a0, (nuint)(i + (3 * width))), b4 = Elements<T>.LoadVector(ref b0, (nuint)(i + (3 * width)));
                     f0 += op.First(a1, b1);
                     f1 += op.First(a2, b2);
                     f2 += op.First(a3, b3);
@@ -181,7 +191,7 @@ internal static class ColumnKernels
 
                 for (; i <= end - width; i += width)
                 {
-                    Vector<double> a1 = Vector.LoadUnsafe(ref a0, (nuint)i), b1 = Vector.LoadUnsafe(ref b0, (nuint)i);
+                    Vector<double> a1 = Elements<T>.LoadVector(ref a0, (nuint)i), b1 = Elements<T>.LoadVector(ref b0, (nuint)i);
                     f0 += op.First(a1, b1);
                     s0 = op.AccumulateSecond(a1, b1, s0);
                 }
@@ -191,8 +201,9 @@ internal static class ColumnKernels
             double blockSecond = Vector.Sum((s0 + s1) + (s2 + s3));
             for (; i < end; i++)
             {
-                blockFirst += op.First(a[i], b[i]);
-                blockSecond += op.Second(a[i], b[i]);
+                double ai = Elements<T>.ToDouble(a[i]), bi = Elements<T>.ToDouble(b[i]);
+                blockFirst += op.First(ai, bi);
+                blockSecond += op.Second(ai, bi);
             }
 
             first.Add(blockFirst);
@@ -203,12 +214,14 @@ internal static class ColumnKernels
     }
 
     /// <summary>An element-wise map from a and b to one or two destinations.</summary>
-    /// <returns>Whether every value of the checked destination (the second if there is one, else the first) is finite.</returns>
+    /// <returns>Whether every value of the checked destination (the second if there is one, else the first) is finite as stored.</returns>
     /// <remarks>
-    /// Each element is read before it is written, so a destination may alias a source. The check costs a subtraction and
-    /// an addition per vector in registers: v − v is 0 for a finite v and NaN otherwise, and NaN survives the sum.
+    /// Each element is read before it is written, so a destination may alias a source. The check costs a few operations
+    /// per vector in registers (<see cref="Elements{T}.Probe(Vector{double})"/>): 0 for a value that stays finite once
+    /// stored, NaN otherwise, and NaN survives the sum.
     /// </remarks>
-    private static bool Map<TOp>(ReadOnlySpan<double> a, ReadOnlySpan<double> b, Span<double> first, Span<double> second, TOp op, bool stream)
+    private static bool Map<T, TOp>(ReadOnlySpan<T> a, ReadOnlySpan<T> b, Span<T> first, Span<T> second, TOp op, bool stream)
+        where T : unmanaged
         where TOp : struct, IMapOp
     {
         int width = Vector<double>.Count, length = a.Length;
@@ -217,10 +230,10 @@ internal static class ColumnKernels
             throw new ArgumentException("Spans must be at least as long as the first source.");
         }
 
-        ref double a0 = ref MemoryMarshal.GetReference(a);
-        ref double b0 = ref MemoryMarshal.GetReference(b);
-        ref double first0 = ref MemoryMarshal.GetReference(first);
-        ref double second0 = ref MemoryMarshal.GetReference(second);
+        ref T a0 = ref MemoryMarshal.GetReference(a);
+        ref T b0 = ref MemoryMarshal.GetReference(b);
+        ref T first0 = ref MemoryMarshal.GetReference(first);
+        ref T second0 = ref MemoryMarshal.GetReference(second);
         int i = 0;
         Vector<double> probe = Vector<double>.Zero;
         double scalarProbe = 0;
@@ -233,81 +246,85 @@ internal static class ColumnKernels
 
             for (; i <= length - width; i += width)
             {
-                op.Apply(Vector.LoadUnsafe(ref a0, (nuint)i), Vector.LoadUnsafe(ref b0, (nuint)i), out Vector<double> r1, out Vector<double> r2);
-                r1.StoreUnsafe(ref first0, (nuint)i);
+                op.Apply(Elements<T>.LoadVector(ref a0, (nuint)i), Elements<T>.LoadVector(ref b0, (nuint)i), out Vector<double> r1, out Vector<double> r2);
+                Elements<T>.StoreVector(r1, ref first0, (nuint)i);
                 if (op.HasSecond)
                 {
-                    r2.StoreUnsafe(ref second0, (nuint)i);
-                    probe += r2 - r2;
+                    Elements<T>.StoreVector(r2, ref second0, (nuint)i);
+                    probe += Elements<T>.Probe(r2);
                 }
                 else
                 {
-                    probe += r1 - r1;
+                    probe += Elements<T>.Probe(r1);
                 }
             }
         }
 
         for (; i < length; i++)
         {
-            op.Apply(a[i], b[i], out double r1, out double r2);
-            first[i] = r1;
+            op.Apply(Elements<T>.Get(ref a0, i), Elements<T>.Get(ref b0, i), out double r1, out double r2);
+            Elements<T>.Set(ref first0, i, r1);
             if (op.HasSecond)
             {
-                second[i] = r2;
+                Elements<T>.Set(ref second0, i, r2);
             }
 
-            scalarProbe += op.HasSecond ? r2 - r2 : r1 - r1;
+            scalarProbe += Elements<T>.Probe(op.HasSecond ? r2 : r1);
         }
 
         return !double.IsNaN(scalarProbe + Vector.Sum(probe));
     }
 
     /// <summary>
-    /// Outputs of at least this many elements (4 MiB) are written with non-temporal stores: they would not stay
+    /// Outputs of at least this many elements (4 MiB of doubles) are written with non-temporal stores: they would not stay
     /// in the per-core caches anyway, and streaming them saves the read that a cached write costs first.
     /// Measured with benchmarks/BatchNorm.Benchmarks: below it, streaming slows the step down.
     /// </summary>
     public const long StreamingThreshold = 1 << 19;
 
     /// <summary>
-    /// The vector body of <see cref="Map{TOp}"/> with non-temporal stores to the first destination, which is
+    /// The vector body of <see cref="Map{T, TOp}"/> with non-temporal stores to the first destination, which is
     /// pinned so that its alignment cannot change under a compacting GC. Returns where the scalar tail starts.
     /// </summary>
-    private static unsafe int MapStreaming<TOp>(ref double a0, ref double b0, Span<double> first, ref double second0, int length, TOp op, ref Vector<double> probe, ref double scalarProbe)
+    private static unsafe int MapStreaming<T, TOp>(ref T a0, ref T b0, Span<T> first, ref T second0, int length, TOp op, ref Vector<double> probe, ref double scalarProbe)
+        where T : unmanaged
         where TOp : struct, IMapOp
     {
-        int width = Vector256<double>.Count;
-        fixed (double* destination = first)
+        int width = Vector256<double>.Count, alignment = Elements<T>.StreamAlignment;
+        fixed (T* destination = first)
         {
-            // Scalars until the destination is 32-byte aligned; then aligned streaming stores.
-            int i = (int)((32 - ((nuint)destination & 31)) & 31) / sizeof(double);
+            // Scalars until the destination is aligned for a store of four elements; then aligned streaming stores.
+            int i = (int)((nuint)(alignment - ((nint)destination & (alignment - 1))) & (nuint)(alignment - 1)) / Elements<T>.Size;
             for (int k = 0; k < i; k++)
             {
-                op.Apply(Unsafe.Add(ref a0, k), Unsafe.Add(ref b0, k), out double r1, out double r2);
-                destination[k] = r1;
+                op.Apply(Elements<T>.Get(ref a0, k), Elements<T>.Get(ref b0, k), out double r1, out double r2);
+                destination[k] = Elements<T>.FromDouble(r1);
                 if (op.HasSecond)
                 {
-                    Unsafe.Add(ref second0, k) = r2;
+                    Elements<T>.Set(ref second0, k, r2);
                 }
 
-                scalarProbe += op.HasSecond ? r2 - r2 : r1 - r1;
+                scalarProbe += Elements<T>.Probe(op.HasSecond ? r2 : r1);
             }
 
+            // The probe sums in a register: added through the reference each step, it would wait on a store and a load.
+            Vector<double> streamProbe = Vector<double>.Zero;
             for (; i <= length - width; i += width)
             {
-                op.Apply(Vector.LoadUnsafe(ref a0, (nuint)i), Vector.LoadUnsafe(ref b0, (nuint)i), out Vector<double> r1, out Vector<double> r2);
-                Vector256.StoreAlignedNonTemporal(r1.AsVector256(), destination + i);
+                op.Apply(Elements<T>.LoadVector(ref a0, (nuint)i), Elements<T>.LoadVector(ref b0, (nuint)i), out Vector<double> r1, out Vector<double> r2);
+                Elements<T>.Stream256(r1.AsVector256(), destination + i);
                 if (op.HasSecond)
                 {
-                    r2.StoreUnsafe(ref second0, (nuint)i);
-                    probe += r2 - r2;
+                    Elements<T>.StoreVector(r2, ref second0, (nuint)i);
+                    streamProbe += Elements<T>.Probe(r2);
                 }
                 else
                 {
-                    probe += r1 - r1;
+                    streamProbe += Elements<T>.Probe(r1);
                 }
             }
 
+            probe += streamProbe;
             return i;
         }
     }

@@ -11,8 +11,9 @@ namespace BatchNorm;
 /// the contiguous columns of a group, so one pass handles the segments of all rows at once and nothing is transposed.
 /// </summary>
 /// <remarks>
-/// <para>The data is a dense column-major N×D span; column j is [j·N, (j+1)·N). Per-lane values (one per row of the
-/// group) are N-long spans. Every lane is computed with the same operations in the same order, in the vector body and
+/// <para>The data is a dense column-major N×D span of double or float (read and written through
+/// <see cref="Elements{T}"/>, the arithmetic in double); column j is [j·N, (j+1)·N). Per-lane values (one per row of the
+/// group) are N-long spans of double. Every lane is computed with the same operations in the same order, in the vector body and
 /// in the scalar tail alike, so a row's result never depends on the other rows of the batch.</para>
 /// <para>Rows are taken in tiles of <see cref="TileRows"/>, so the running sums of a tile stay in the first-level cache
 /// while the sweep walks down each column's part of the tile. Like <see cref="ColumnKernels"/>, sums over more than
@@ -29,9 +30,10 @@ internal static class LaneKernels
     /// a second pass around the mean found by the first where the row needs one, and the mean in two parts,
     /// center + correction.
     /// </summary>
-    public static void Moments(ReadOnlySpan<double> data, int rows, int first, int count, Span<double> center, Span<double> correction, Span<double> variance, LaneScratch scratch)
+    public static void Moments<T>(ReadOnlySpan<T> data, int rows, int first, int count, Span<double> center, Span<double> correction, Span<double> variance, LaneScratch scratch)
+        where T : unmanaged
     {
-        data.Slice(first * rows, rows).CopyTo(center);
+        Elements<T>.Widen(data.Slice(first * rows, rows), center);
         Span<double> sum = scratch.First(rows), squares = scratch.Second(rows);
         for (int pass = 0; ; pass++)
         {
@@ -78,7 +80,8 @@ internal static class LaneKernels
     /// Per row, the mean square ms = (1/count)·Σⱼ xⱼ² over columns [first, first + count): RMS norm's statistic, in one
     /// pass with the same blocked, compensated sums as <see cref="Moments"/>. Squares beyond the range of double make it ∞.
     /// </summary>
-    public static void MeanSquares(ReadOnlySpan<double> data, int rows, int first, int count, Span<double> meanSquare, LaneScratch scratch)
+    public static void MeanSquares<T>(ReadOnlySpan<T> data, int rows, int first, int count, Span<double> meanSquare, LaneScratch scratch)
+        where T : unmanaged
     {
         Span<double> unused = scratch.Second(rows);
         Reduce(data, data, rows, first, count, default, new SquareLanes(), default, meanSquare, unused, scratch);
@@ -88,14 +91,16 @@ internal static class LaneKernels
     /// <summary>
     /// Per row, Σⱼ gⱼ and Σⱼ gⱼ·x̂ⱼ over columns [first, first + count), where gⱼ = γⱼ·dyⱼ is the gradient at x̂.
     /// </summary>
-    public static void ScaledSumAndDot(ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, int rows, int first, int count, ReadOnlySpan<double> gamma, Span<double> sumG, Span<double> sumGXHat, LaneScratch scratch)
+    public static void ScaledSumAndDot<T>(ReadOnlySpan<T> dy, ReadOnlySpan<T> xHat, int rows, int first, int count, ReadOnlySpan<double> gamma, Span<double> sumG, Span<double> sumGXHat, LaneScratch scratch)
+        where T : unmanaged
         => Reduce(dy, xHat, rows, first, count, gamma, new ScaledSumAndDotLanes(), default, sumG, sumGXHat, scratch);
 
     /// <summary>x̂ = ((x − center) − correction)·inverseStd and y = γⱼ·x̂ + βⱼ for columns [first, first + count), per row.</summary>
     /// <returns>Whether every y is finite.</returns>
-    public static bool Normalize(
-        ReadOnlySpan<double> x, int rows, int first, int count, ReadOnlySpan<double> center, ReadOnlySpan<double> correction, ReadOnlySpan<double> inverseStd,
-        ReadOnlySpan<double> gamma, ReadOnlySpan<double> beta, Span<double> xHat, Span<double> y)
+    public static bool Normalize<T>(
+        ReadOnlySpan<T> x, int rows, int first, int count, ReadOnlySpan<double> center, ReadOnlySpan<double> correction, ReadOnlySpan<double> inverseStd,
+        ReadOnlySpan<double> gamma, ReadOnlySpan<double> beta, Span<T> xHat, Span<T> y)
+        where T : unmanaged
         => Map(x, x, rows, first, count, gamma, beta, center, correction, inverseStd, xHat, y, new NormalizeLanes());
 
     /// <summary>
@@ -103,15 +108,17 @@ internal static class LaneKernels
     /// given the per-row means of g and g·x̂.
     /// </summary>
     /// <returns>Whether every dx is finite.</returns>
-    public static bool ClosedFormInputGradient(
-        ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, int rows, int first, int count, ReadOnlySpan<double> gamma,
-        ReadOnlySpan<double> meanG, ReadOnlySpan<double> meanGXHat, ReadOnlySpan<double> inverseStd, Span<double> dx)
+    public static bool ClosedFormInputGradient<T>(
+        ReadOnlySpan<T> dy, ReadOnlySpan<T> xHat, int rows, int first, int count, ReadOnlySpan<double> gamma,
+        ReadOnlySpan<double> meanG, ReadOnlySpan<double> meanGXHat, ReadOnlySpan<double> inverseStd, Span<T> dx)
+        where T : unmanaged
         => Map(dy, xHat, rows, first, count, gamma, gamma, meanG, meanGXHat, inverseStd, dx, dx, new ClosedFormLanes());
 
     /// <summary>Two sums per lane over a range of columns, compensated across blocks of columns.</summary>
-    private static void Reduce<TOp>(
-        ReadOnlySpan<double> a, ReadOnlySpan<double> b, int rows, int first, int count, ReadOnlySpan<double> columnScalars, TOp op,
+    private static void Reduce<T, TOp>(
+        ReadOnlySpan<T> a, ReadOnlySpan<T> b, int rows, int first, int count, ReadOnlySpan<double> columnScalars, TOp op,
         ReadOnlySpan<double> lanes, Span<double> firstSum, Span<double> secondSum, LaneScratch scratch)
+        where T : unmanaged
         where TOp : struct, ILaneReduceOp
     {
         bool blocked = count > ColumnKernels.BlockLength;
@@ -173,12 +180,14 @@ internal static class LaneKernels
     /// Adds the terms of columns [start, end) to the sums of four vectors of lanes from row <paramref name="row"/>, keeping
     /// the sums in registers; each lane adds its columns in order, as <see cref="AccumulateColumn"/> does.
     /// </summary>
-    private static void AccumulateChunk<TOp>(
-        ReadOnlySpan<double> a, ReadOnlySpan<double> b, int rows, int row, int start, int end, ReadOnlySpan<double> columnScalars, ReadOnlySpan<double> lanes, Span<double> sum1, Span<double> sum2, TOp op)
+    private static void AccumulateChunk<T, TOp>(
+        ReadOnlySpan<T> a, ReadOnlySpan<T> b, int rows, int row, int start, int end, ReadOnlySpan<double> columnScalars, ReadOnlySpan<double> lanes, Span<double> sum1, Span<double> sum2, TOp op)
+        where T : unmanaged
         where TOp : struct, ILaneReduceOp
     {
         int w = Vector<double>.Count;
-        ref double a0 = ref MemoryMarshal.GetReference(a), b0 = ref MemoryMarshal.GetReference(b), l0 = ref MemoryMarshal.GetReference(lanes);
+        ref T a0 = ref MemoryMarshal.GetReference(a), b0 = ref MemoryMarshal.GetReference(b);
+        ref double l0 = ref MemoryMarshal.GetReference(lanes);
         ref double s10 = ref MemoryMarshal.GetReference(sum1), s20 = ref MemoryMarshal.GetReference(sum2);
         Vector<double> x0 = Vector.LoadUnsafe(ref s10), x1 = Vector.LoadUnsafe(ref s10, (nuint)w), x2 = Vector.LoadUnsafe(ref s10, (nuint)(2 * w)), x3 = Vector.LoadUnsafe(ref s10, (nuint)(3 * w));
         Vector<double> y0 = Vector.LoadUnsafe(ref s20), y1 = Vector.LoadUnsafe(ref s20, (nuint)w), y2 = Vector.LoadUnsafe(ref s20, (nuint)(2 * w)), y3 = Vector.LoadUnsafe(ref s20, (nuint)(3 * w));
@@ -195,10 +204,10 @@ internal static class LaneKernels
         {
             var scalar = new Vector<double>(columnScalars.IsEmpty ? 0 : columnScalars[j]);
             nuint at = (nuint)((j * rows) + row);
-            op.Accumulate(Vector.LoadUnsafe(ref a0, at), Vector.LoadUnsafe(ref b0, at), c0, scalar, ref x0, ref y0);
-            op.Accumulate(Vector.LoadUnsafe(ref a0, at + (nuint)w), Vector.LoadUnsafe(ref b0, at + (nuint)w), c1, scalar, ref x1, ref y1);
-            op.Accumulate(Vector.LoadUnsafe(ref a0, at + (nuint)(2 * w)), Vector.LoadUnsafe(ref b0, at + (nuint)(2 * w)), c2, scalar, ref x2, ref y2);
-            op.Accumulate(Vector.LoadUnsafe(ref a0, at + (nuint)(3 * w)), Vector.LoadUnsafe(ref b0, at + (nuint)(3 * w)), c3, scalar, ref x3, ref y3);
+            op.Accumulate(Elements<T>.LoadVector(ref a0, at), Elements<T>.LoadVector(ref b0, at), c0, scalar, ref x0, ref y0);
+            op.Accumulate(Elements<T>.LoadVector(ref a0, at + (nuint)w), Elements<T>.LoadVector(ref b0, at + (nuint)w), c1, scalar, ref x1, ref y1);
+            op.Accumulate(Elements<T>.LoadVector(ref a0, at + (nuint)(2 * w)), Elements<T>.LoadVector(ref b0, at + (nuint)(2 * w)), c2, scalar, ref x2, ref y2);
+            op.Accumulate(Elements<T>.LoadVector(ref a0, at + (nuint)(3 * w)), Elements<T>.LoadVector(ref b0, at + (nuint)(3 * w)), c3, scalar, ref x3, ref y3);
         }
 
         x0.StoreUnsafe(ref s10);
@@ -212,20 +221,22 @@ internal static class LaneKernels
     }
 
     /// <summary>Adds one column's terms to the per-lane sums.</summary>
-    private static void AccumulateColumn<TOp>(ReadOnlySpan<double> a, ReadOnlySpan<double> b, ReadOnlySpan<double> lanes, double scalar, Span<double> sum1, Span<double> sum2, TOp op)
+    private static void AccumulateColumn<T, TOp>(ReadOnlySpan<T> a, ReadOnlySpan<T> b, ReadOnlySpan<double> lanes, double scalar, Span<double> sum1, Span<double> sum2, TOp op)
+        where T : unmanaged
         where TOp : struct, ILaneReduceOp
     {
         int width = Vector<double>.Count, n = a.Length, i = 0;
         if (Vector.IsHardwareAccelerated)
         {
-            ref double a0 = ref MemoryMarshal.GetReference(a), b0 = ref MemoryMarshal.GetReference(b), l0 = ref MemoryMarshal.GetReference(lanes);
+            ref T a0 = ref MemoryMarshal.GetReference(a), b0 = ref MemoryMarshal.GetReference(b);
+            ref double l0 = ref MemoryMarshal.GetReference(lanes);
             ref double s10 = ref MemoryMarshal.GetReference(sum1), s20 = ref MemoryMarshal.GetReference(sum2);
             var vectorScalar = new Vector<double>(scalar);
             for (; i <= n - width; i += width)
             {
                 Vector<double> s1 = Vector.LoadUnsafe(ref s10, (nuint)i), s2 = Vector.LoadUnsafe(ref s20, (nuint)i);
                 Vector<double> lane = lanes.IsEmpty ? default : Vector.LoadUnsafe(ref l0, (nuint)i);
-                op.Accumulate(Vector.LoadUnsafe(ref a0, (nuint)i), Vector.LoadUnsafe(ref b0, (nuint)i), lane, vectorScalar, ref s1, ref s2);
+                op.Accumulate(Elements<T>.LoadVector(ref a0, (nuint)i), Elements<T>.LoadVector(ref b0, (nuint)i), lane, vectorScalar, ref s1, ref s2);
                 s1.StoreUnsafe(ref s10, (nuint)i);
                 s2.StoreUnsafe(ref s20, (nuint)i);
             }
@@ -233,7 +244,7 @@ internal static class LaneKernels
 
         for (; i < n; i++)
         {
-            op.Accumulate(a[i], b[i], lanes.IsEmpty ? 0 : lanes[i], scalar, ref sum1[i], ref sum2[i]);
+            op.Accumulate(Elements<T>.ToDouble(a[i]), Elements<T>.ToDouble(b[i]), lanes.IsEmpty ? 0 : lanes[i], scalar, ref sum1[i], ref sum2[i]);
         }
     }
 
@@ -261,9 +272,10 @@ internal static class LaneKernels
     /// <summary>An element-wise map over columns [first, first + count) with one or two destinations.</summary>
     /// <returns>Whether every value of the checked destination (the second if there is one) is finite; see <see cref="ColumnKernels"/>' map.</returns>
     /// <remarks>Each element is read before it is written, so a destination may alias a source.</remarks>
-    private static bool Map<TOp>(
-        ReadOnlySpan<double> a, ReadOnlySpan<double> b, int rows, int first, int count, ReadOnlySpan<double> columnScalars1, ReadOnlySpan<double> columnScalars2,
-        ReadOnlySpan<double> lanes1, ReadOnlySpan<double> lanes2, ReadOnlySpan<double> lanes3, Span<double> out1, Span<double> out2, TOp op)
+    private static bool Map<T, TOp>(
+        ReadOnlySpan<T> a, ReadOnlySpan<T> b, int rows, int first, int count, ReadOnlySpan<double> columnScalars1, ReadOnlySpan<double> columnScalars2,
+        ReadOnlySpan<double> lanes1, ReadOnlySpan<double> lanes2, ReadOnlySpan<double> lanes3, Span<T> out1, Span<T> out2, TOp op)
+        where T : unmanaged
         where TOp : struct, ILaneMapOp
     {
         int width = Vector<double>.Count;
@@ -274,46 +286,46 @@ internal static class LaneKernels
         {
             int offset = j * rows, i = 0;
             double p1 = columnScalars1[j], p2 = columnScalars2[j];
-            ref double a0 = ref At(a, offset), b0 = ref At(b, offset);
-            ref double o10 = ref MemoryMarshal.GetReference(out1.Slice(offset, rows)), o20 = ref MemoryMarshal.GetReference(out2.Slice(offset, rows));
+            ref T a0 = ref At(a, offset), b0 = ref At(b, offset);
+            ref T o10 = ref MemoryMarshal.GetReference(out1.Slice(offset, rows)), o20 = ref MemoryMarshal.GetReference(out2.Slice(offset, rows));
             if (Vector.IsHardwareAccelerated)
             {
                 Vector<double> v1 = new(p1), v2 = new(p2);
                 for (; i <= rows - width; i += width)
                 {
                     op.Apply(
-                        Vector.LoadUnsafe(ref a0, (nuint)i), Vector.LoadUnsafe(ref b0, (nuint)i), v1, v2,
+                        Elements<T>.LoadVector(ref a0, (nuint)i), Elements<T>.LoadVector(ref b0, (nuint)i), v1, v2,
                         Vector.LoadUnsafe(ref l10, (nuint)i), Vector.LoadUnsafe(ref l20, (nuint)i), Vector.LoadUnsafe(ref l30, (nuint)i),
                         out Vector<double> r1, out Vector<double> r2);
-                    r1.StoreUnsafe(ref o10, (nuint)i);
+                    Elements<T>.StoreVector(r1, ref o10, (nuint)i);
                     if (op.HasSecond)
                     {
-                        r2.StoreUnsafe(ref o20, (nuint)i);
-                        probe += r2 - r2;
+                        Elements<T>.StoreVector(r2, ref o20, (nuint)i);
+                        probe += Elements<T>.Probe(r2);
                     }
                     else
                     {
-                        probe += r1 - r1;
+                        probe += Elements<T>.Probe(r1);
                     }
                 }
             }
 
             for (; i < rows; i++)
             {
-                op.Apply(a[offset + i], b[offset + i], p1, p2, lanes1[i], lanes2[i], lanes3[i], out double r1, out double r2);
-                out1[offset + i] = r1;
+                op.Apply(Elements<T>.Get(ref a0, i), Elements<T>.Get(ref b0, i), p1, p2, lanes1[i], lanes2[i], lanes3[i], out double r1, out double r2);
+                Elements<T>.Set(ref o10, i, r1);
                 if (op.HasSecond)
                 {
-                    out2[offset + i] = r2;
+                    Elements<T>.Set(ref o20, i, r2);
                 }
 
-                scalarProbe += op.HasSecond ? r2 - r2 : r1 - r1;
+                scalarProbe += Elements<T>.Probe(op.HasSecond ? r2 : r1);
             }
         }
 
         return !double.IsNaN(scalarProbe + Vector.Sum(probe));
 
-        static ref double At(ReadOnlySpan<double> data, int offset) => ref MemoryMarshal.GetReference(data.Slice(offset));
+        static ref T At(ReadOnlySpan<T> data, int offset) => ref MemoryMarshal.GetReference(data.Slice(offset));
     }
 
     private interface ILaneReduceOp

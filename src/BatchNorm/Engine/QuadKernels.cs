@@ -19,6 +19,7 @@ namespace BatchNorm;
 /// <para>Each lane adds its segment's values exactly as <see cref="Sum"/> adds those of a single segment: four partial
 /// sums (elements i ≡ 0, 1, 2, 3 mod 4), joined as (s₀ + s₁) + (s₂ + s₃), then the tail of n mod 4 values in order. So a
 /// segment's statistics do not depend on which segments it is processed with, or on whether it is processed alone.</para>
+/// <para>The values are double or float, read and written through <see cref="Elements{T}"/>; the arithmetic is in double.</para>
 /// <para>x86 with AVX only (<see cref="IsSupported"/>); elsewhere <see cref="ColumnKernels"/> serves every segment.</para>
 /// </remarks>
 internal static class QuadKernels
@@ -34,9 +35,10 @@ internal static class QuadKernels
     /// them: shifted sums around the segment's first value, and for a segment whose first value lies too far from its mean
     /// a second pass around the mean found by the first.
     /// </summary>
-    public static void Moments(ref double x, int n, out Vector256<double> center, out Vector256<double> correction, out Vector256<double> variance)
+    public static void Moments<T>(ref T x, int n, out Vector256<double> center, out Vector256<double> correction, out Vector256<double> variance)
+        where T : unmanaged
     {
-        center = Vector256.Create(x, Unsafe.Add(ref x, n), Unsafe.Add(ref x, 2 * n), Unsafe.Add(ref x, 3 * n));
+        center = Vector256.Create(x.At(0), x.At(n), x.At(2 * n), x.At(3 * n));
         CenteredSums(ref x, n, center, out Vector256<double> sum, out Vector256<double> squares);
         Vector256<double> done = ShiftedMoments(sum, squares, n, out correction, out variance);
         if (Vector256.EqualsAll(done.AsInt64(), Vector256<long>.AllBitsSet))
@@ -54,24 +56,25 @@ internal static class QuadKernels
     }
 
     /// <summary>(Σ dy, Σ dy·x̂) of four adjacent segments of length n.</summary>
-    public static void SumAndDot(ref double dy, ref double xHat, int n, out Vector256<double> sumDy, out Vector256<double> sumDyXHat)
+    public static void SumAndDot<T>(ref T dy, ref T xHat, int n, out Vector256<double> sumDy, out Vector256<double> sumDyXHat)
+        where T : unmanaged
     {
-        ref double dy1 = ref Unsafe.Add(ref dy, n), dy2 = ref Unsafe.Add(ref dy, 2 * n), dy3 = ref Unsafe.Add(ref dy, 3 * n);
-        ref double x1 = ref Unsafe.Add(ref xHat, n), x2 = ref Unsafe.Add(ref xHat, 2 * n), x3 = ref Unsafe.Add(ref xHat, 3 * n);
+        ref T dy1 = ref Unsafe.Add(ref dy, n), dy2 = ref Unsafe.Add(ref dy, 2 * n), dy3 = ref Unsafe.Add(ref dy, 3 * n);
+        ref T x1 = ref Unsafe.Add(ref xHat, n), x2 = ref Unsafe.Add(ref xHat, 2 * n), x3 = ref Unsafe.Add(ref xHat, 3 * n);
         Vector256<double> s0 = Vector256<double>.Zero, s1 = s0, s2 = s0, s3 = s0, p0 = s0, p1 = s0, p2 = s0, p3 = s0;
         int i = 0;
         for (; i <= n - 4; i += 4)
         {
-            Vector256<double> d0 = Vector256.LoadUnsafe(ref dy, (nuint)i), d1 = Vector256.LoadUnsafe(ref dy1, (nuint)i);
-            Vector256<double> d2 = Vector256.LoadUnsafe(ref dy2, (nuint)i), d3 = Vector256.LoadUnsafe(ref dy3, (nuint)i);
+            Vector256<double> d0 = Elements<T>.Load256(ref dy, (nuint)i), d1 = Elements<T>.Load256(ref dy1, (nuint)i);
+            Vector256<double> d2 = Elements<T>.Load256(ref dy2, (nuint)i), d3 = Elements<T>.Load256(ref dy3, (nuint)i);
             s0 += d0;
             s1 += d1;
             s2 += d2;
             s3 += d3;
-            p0 = MultiplyAdd(d0, Vector256.LoadUnsafe(ref xHat, (nuint)i), p0);
-            p1 = MultiplyAdd(d1, Vector256.LoadUnsafe(ref x1, (nuint)i), p1);
-            p2 = MultiplyAdd(d2, Vector256.LoadUnsafe(ref x2, (nuint)i), p2);
-            p3 = MultiplyAdd(d3, Vector256.LoadUnsafe(ref x3, (nuint)i), p3);
+            p0 = MultiplyAdd(d0, Elements<T>.Load256(ref xHat, (nuint)i), p0);
+            p1 = MultiplyAdd(d1, Elements<T>.Load256(ref x1, (nuint)i), p1);
+            p2 = MultiplyAdd(d2, Elements<T>.Load256(ref x2, (nuint)i), p2);
+            p3 = MultiplyAdd(d3, Elements<T>.Load256(ref x3, (nuint)i), p3);
         }
 
         sumDy = Join(s0, s1, s2, s3);
@@ -88,17 +91,18 @@ internal static class QuadKernels
     /// Σ a and Σ a·b of one short segment, in the order every lane of <see cref="SumAndDot"/> uses; with b = a − c and
     /// a centered by c, the shifted sums of <see cref="Moments"/>.
     /// </summary>
-    public static (double Sum, double Dot) Sum(ReadOnlySpan<double> a, ReadOnlySpan<double> b)
+    public static (double Sum, double Dot) Sum<T>(ReadOnlySpan<T> a, ReadOnlySpan<T> b)
+        where T : unmanaged
     {
-        ref double a0 = ref System.Runtime.InteropServices.MemoryMarshal.GetReference(a);
-        ref double b0 = ref System.Runtime.InteropServices.MemoryMarshal.GetReference(b);
+        ref T a0 = ref System.Runtime.InteropServices.MemoryMarshal.GetReference(a);
+        ref T b0 = ref System.Runtime.InteropServices.MemoryMarshal.GetReference(b);
         int n = a.Length, i = 0;
         Vector256<double> s = Vector256<double>.Zero, p = s;
         for (; i <= n - 4; i += 4)
         {
-            Vector256<double> v = Vector256.LoadUnsafe(ref a0, (nuint)i);
+            Vector256<double> v = Elements<T>.Load256(ref a0, (nuint)i);
             s += v;
-            p = MultiplyAdd(v, Vector256.LoadUnsafe(ref b0, (nuint)i), p);
+            p = MultiplyAdd(v, Elements<T>.Load256(ref b0, (nuint)i), p);
         }
 
         double sum = Lanes(s), dot = Lanes(p);
@@ -112,14 +116,15 @@ internal static class QuadKernels
     }
 
     /// <summary>Σ (x − c) and Σ (x − c)² of one short segment, in the order every lane of <see cref="Moments"/> uses.</summary>
-    public static (double Sum, double Squares) CenteredSum(ReadOnlySpan<double> x, double center)
+    public static (double Sum, double Squares) CenteredSum<T>(ReadOnlySpan<T> x, double center)
+        where T : unmanaged
     {
-        ref double x0 = ref System.Runtime.InteropServices.MemoryMarshal.GetReference(x);
+        ref T x0 = ref System.Runtime.InteropServices.MemoryMarshal.GetReference(x);
         int n = x.Length, i = 0;
         Vector256<double> c = Vector256.Create(center), s = Vector256<double>.Zero, q = s;
         for (; i <= n - 4; i += 4)
         {
-            Vector256<double> d = Vector256.LoadUnsafe(ref x0, (nuint)i) - c;
+            Vector256<double> d = Elements<T>.Load256(ref x0, (nuint)i) - c;
             s += d;
             q = MultiplyAdd(d, d, q);
         }
@@ -137,12 +142,13 @@ internal static class QuadKernels
 
     /// <summary>
     /// x̂ and y of four adjacent short segments at once, lane s of each vector holding segment s's values, element by
-    /// element as <see cref="Normalize(ref double, int, double, double, double, double, double, ref double, ref double)"/>
+    /// element as <see cref="Normalize{T}(ref T, int, double, double, double, double, double, ref T, ref T)"/>
     /// computes them.
     /// </summary>
     /// <returns>A mask of the segments with a y that is not finite (bit s for segment s).</returns>
-    public static int Normalize(
-        ref double x, int n, Vector256<double> center, Vector256<double> correction, Vector256<double> inverseStd, Vector256<double> gamma, Vector256<double> beta, ref double xHat, ref double y)
+    public static int Normalize<T>(
+        ref T x, int n, Vector256<double> center, Vector256<double> correction, Vector256<double> inverseStd, Vector256<double> gamma, Vector256<double> beta, ref T xHat, ref T y)
+        where T : unmanaged
     {
         if (n % 4 != 0)
         {
@@ -174,27 +180,28 @@ internal static class QuadKernels
     /// <see cref="ColumnKernels.Normalize"/> computes them; y may be the same memory as x.
     /// </summary>
     /// <returns>Whether every y is finite.</returns>
-    public static bool Normalize(ref double x, int n, double center, double correction, double inverseStd, double gamma, double beta, ref double xHat, ref double y)
+    public static bool Normalize<T>(ref T x, int n, double center, double correction, double inverseStd, double gamma, double beta, ref T xHat, ref T y)
+        where T : unmanaged
     {
         Vector256<double> c = Vector256.Create(center), k = Vector256.Create(correction), s = Vector256.Create(inverseStd);
         Vector256<double> g = Vector256.Create(gamma), b = Vector256.Create(beta), probe = Vector256<double>.Zero;
         int i = 0;
         for (; i <= n - 4; i += 4)
         {
-            Vector256<double> h = Normalized(Vector256.LoadUnsafe(ref x, (nuint)i), c, k, s);
+            Vector256<double> h = Normalized(Elements<T>.Load256(ref x, (nuint)i), c, k, s);
             Vector256<double> output = MultiplyAdd(h, g, b);
-            h.StoreUnsafe(ref xHat, (nuint)i);
-            output.StoreUnsafe(ref y, (nuint)i);
-            probe += output - output;
+            Elements<T>.Store256(h, ref xHat, (nuint)i);
+            Elements<T>.Store256(output, ref y, (nuint)i);
+            probe += Elements<T>.Probe(output);
         }
 
         double scalarProbe = 0;
         for (; i < n; i++)
         {
             double h = Normalized(x.At(i), center, correction, inverseStd), output = MultiplyAdd(h, gamma, beta);
-            Unsafe.Add(ref xHat, i) = h;
-            Unsafe.Add(ref y, i) = output;
-            scalarProbe += output - output;
+            Elements<T>.Set(ref xHat, i, h);
+            Elements<T>.Set(ref y, i, output);
+            scalarProbe += Elements<T>.Probe(output);
         }
 
         return !double.IsNaN(scalarProbe + Lanes(probe));
@@ -202,11 +209,12 @@ internal static class QuadKernels
 
     /// <summary>
     /// dx of four adjacent short segments at once, lane s of each vector holding segment s's values, element by element as
-    /// <see cref="InputGradient(ref double, ref double, int, double, double, double, bool, ref double)"/> computes it.
+    /// <see cref="InputGradient{T}(ref T, ref T, int, double, double, double, bool, ref T)"/> computes it.
     /// </summary>
     /// <returns>A mask of the segments with a dx that is not finite (bit s for segment s).</returns>
-    public static int InputGradient(
-        ref double dy, ref double xHat, int n, Vector256<double> meanDy, Vector256<double> meanDyXHat, Vector256<double> scale, bool frozen, ref double dx)
+    public static int InputGradient<T>(
+        ref T dy, ref T xHat, int n, Vector256<double> meanDy, Vector256<double> meanDyXHat, Vector256<double> scale, bool frozen, ref T dx)
+        where T : unmanaged
     {
         if (n % 4 != 0 || frozen)
         {
@@ -237,7 +245,8 @@ internal static class QuadKernels
     /// The element-wise pass over four adjacent segments of n values (n a multiple of 4), segment s with lane op s, four
     /// values of each segment per step; returns the mask of segments whose output is not finite (bit s for segment s).
     /// </summary>
-    private static int FourLanes<TLane>(TLane l0, TLane l1, TLane l2, TLane l3, ref double input, ref double normalized, ref double output, int n)
+    private static int FourLanes<T, TLane>(TLane l0, TLane l1, TLane l2, TLane l3, ref T input, ref T normalized, ref T output, int n)
+        where T : unmanaged
         where TLane : struct, IQuadLane
     {
         Vector256<double> p0 = Vector256<double>.Zero, p1 = p0, p2 = p0, p3 = p0;
@@ -255,7 +264,8 @@ internal static class QuadKernels
     /// <summary>One segment's element-wise op on four values at index i of three arrays; returns output − output, the NaN probe.</summary>
     private interface IQuadLane
     {
-        Vector256<double> Apply(ref double input, ref double normalized, ref double output, nuint i);
+        Vector256<double> Apply<T>(ref T input, ref T normalized, ref T output, nuint i)
+        where T : unmanaged;
     }
 
     /// <summary>
@@ -263,24 +273,25 @@ internal static class QuadKernels
     /// <see cref="ColumnKernels.ClosedFormInputGradient"/> computes it; with <paramref name="frozen"/>, dx = scale·dy.
     /// </summary>
     /// <returns>Whether every dx is finite.</returns>
-    public static bool InputGradient(ref double dy, ref double xHat, int n, double meanDy, double meanDyXHat, double scale, bool frozen, ref double dx)
+    public static bool InputGradient<T>(ref T dy, ref T xHat, int n, double meanDy, double meanDyXHat, double scale, bool frozen, ref T dx)
+        where T : unmanaged
     {
         Vector256<double> m = Vector256.Create(meanDy), p = Vector256.Create(meanDyXHat), s = Vector256.Create(scale), probe = Vector256<double>.Zero;
         int i = 0;
         for (; i <= n - 4; i += 4)
         {
-            Vector256<double> g = Vector256.LoadUnsafe(ref dy, (nuint)i);
-            Vector256<double> r = frozen ? g * s : ClosedFormInputGradient(g, Vector256.LoadUnsafe(ref xHat, (nuint)i), m, p, s);
-            r.StoreUnsafe(ref dx, (nuint)i);
-            probe += r - r;
+            Vector256<double> g = Elements<T>.Load256(ref dy, (nuint)i);
+            Vector256<double> r = frozen ? g * s : ClosedFormInputGradient(g, Elements<T>.Load256(ref xHat, (nuint)i), m, p, s);
+            Elements<T>.Store256(r, ref dx, (nuint)i);
+            probe += Elements<T>.Probe(r);
         }
 
         double scalarProbe = 0;
         for (; i < n; i++)
         {
             double r = frozen ? dy.At(i) * scale : ClosedFormInputGradient(dy.At(i), xHat.At(i), meanDy, meanDyXHat, scale);
-            Unsafe.Add(ref dx, i) = r;
-            scalarProbe += r - r;
+            Elements<T>.Set(ref dx, i, r);
+            scalarProbe += Elements<T>.Probe(r);
         }
 
         return !double.IsNaN(scalarProbe + Lanes(probe));
@@ -311,13 +322,14 @@ internal static class QuadKernels
 
         /// <summary>Normalizes four values of x at index i into x̂ and y; returns y − y, the NaN probe.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public Vector256<double> Apply(ref double x, ref double xHat, ref double y, nuint i)
+        public Vector256<double> Apply<T>(ref T x, ref T xHat, ref T y, nuint i)
+            where T : unmanaged
         {
-            Vector256<double> h = Normalized(Vector256.LoadUnsafe(ref x, i), _center, _correction, _inverseStd);
+            Vector256<double> h = Normalized(Elements<T>.Load256(ref x, i), _center, _correction, _inverseStd);
             Vector256<double> output = MultiplyAdd(h, _gamma, _beta);
-            h.StoreUnsafe(ref xHat, i);
-            output.StoreUnsafe(ref y, i);
-            return output - output;
+            Elements<T>.Store256(h, ref xHat, i);
+            Elements<T>.Store256(output, ref y, i);
+            return Elements<T>.Probe(output);
         }
     }
 
@@ -329,26 +341,28 @@ internal static class QuadKernels
 
         /// <summary>dx of four values at index i from dy and x̂; returns dx − dx, the NaN probe.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public Vector256<double> Apply(ref double dy, ref double xHat, ref double dx, nuint i)
+        public Vector256<double> Apply<T>(ref T dy, ref T xHat, ref T dx, nuint i)
+            where T : unmanaged
         {
-            Vector256<double> r = ClosedFormInputGradient(Vector256.LoadUnsafe(ref dy, i), Vector256.LoadUnsafe(ref xHat, i), _meanDy, _meanDyXHat, _scale);
-            r.StoreUnsafe(ref dx, i);
-            return r - r;
+            Vector256<double> r = ClosedFormInputGradient(Elements<T>.Load256(ref dy, i), Elements<T>.Load256(ref xHat, i), _meanDy, _meanDyXHat, _scale);
+            Elements<T>.Store256(r, ref dx, i);
+            return Elements<T>.Probe(r);
         }
     }
 
     /// <summary>Σ (x − c) and Σ (x − c)² of four adjacent segments, lane s around c[s].</summary>
-    private static void CenteredSums(ref double x, int n, Vector256<double> center, out Vector256<double> sum, out Vector256<double> squares)
+    private static void CenteredSums<T>(ref T x, int n, Vector256<double> center, out Vector256<double> sum, out Vector256<double> squares)
+        where T : unmanaged
     {
-        ref double x1 = ref Unsafe.Add(ref x, n), x2 = ref Unsafe.Add(ref x, 2 * n), x3 = ref Unsafe.Add(ref x, 3 * n);
+        ref T x1 = ref Unsafe.Add(ref x, n), x2 = ref Unsafe.Add(ref x, 2 * n), x3 = ref Unsafe.Add(ref x, 3 * n);
         Vector256<double> c0 = Vector256.Create(center.GetElement(0)), c1 = Vector256.Create(center.GetElement(1));
         Vector256<double> c2 = Vector256.Create(center.GetElement(2)), c3 = Vector256.Create(center.GetElement(3));
         Vector256<double> s0 = Vector256<double>.Zero, s1 = s0, s2 = s0, s3 = s0, q0 = s0, q1 = s0, q2 = s0, q3 = s0;
         int i = 0;
         for (; i <= n - 4; i += 4)
         {
-            Vector256<double> d0 = Vector256.LoadUnsafe(ref x, (nuint)i) - c0, d1 = Vector256.LoadUnsafe(ref x1, (nuint)i) - c1;
-            Vector256<double> d2 = Vector256.LoadUnsafe(ref x2, (nuint)i) - c2, d3 = Vector256.LoadUnsafe(ref x3, (nuint)i) - c3;
+            Vector256<double> d0 = Elements<T>.Load256(ref x, (nuint)i) - c0, d1 = Elements<T>.Load256(ref x1, (nuint)i) - c1;
+            Vector256<double> d2 = Elements<T>.Load256(ref x2, (nuint)i) - c2, d3 = Elements<T>.Load256(ref x3, (nuint)i) - c3;
             s0 += d0;
             s1 += d1;
             s2 += d2;
@@ -400,5 +414,7 @@ internal static class QuadKernels
     private static double Lanes(Vector256<double> v) => (v.GetElement(0) + v.GetElement(1)) + (v.GetElement(2) + v.GetElement(3));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static double At(this ref double first, int index) => Unsafe.Add(ref first, index);
+    private static double At<T>(this ref T first, int index)
+        where T : unmanaged
+        => Elements<T>.Get(ref first, index);
 }

@@ -1,0 +1,272 @@
+using System;
+using System.Linq;
+using System.Numerics;
+using System.Runtime.Intrinsics;
+
+namespace BatchNorm.Tests;
+
+/// <summary>
+/// The kernels over float data (<see cref="Elements{T}"/>): a float element is widened exactly as it is loaded, all
+/// arithmetic is in double, and a result is rounded only as it is stored. So over float data every sum and statistic is
+/// bit for bit the one the double kernels compute over the widened values, and every stored value is theirs rounded
+/// once, whatever path (SIMD body, scalar tail, four segments at once, streaming stores, tiles and chunks of rows) an
+/// element takes.
+/// </summary>
+public class SinglePrecisionKernelTests
+{
+    // Lengths around every boundary of the column kernels: the vector width, four vectors, the scalar tail, the quad
+    // kernels' 128, a block of 128 and the streaming threshold of 64.
+    public static TheoryData<int, double, double> Columns()
+    {
+        var data = new TheoryData<int, double, double>();
+        foreach (int n in new[] { 1, 2, 3, 4, 5, 7, 8, 15, 16, 17, 63, 64, 65, 127, 128, 129, 255, 300, 1031 })
+        {
+            data.Add(n, 1e4, 1e-2);
+            data.Add(n, 0, 1);
+            data.Add(n, -100, 30);
+        }
+
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Columns))]
+    public void Column_kernels_over_float_data_are_the_double_kernels_rounded_once(int n, double mean, double spread)
+    {
+        var random = new Random(n * 31 + (int)spread);
+        float[] x = Data(random, n, mean, spread), dy = Data(random, n, 0.5, 2);
+        double[] xd = Widen(x), dyd = Widen(dy);
+
+        ColumnKernels.Moments<float>(x, out double m, out double c, out double v);
+        ColumnKernels.Moments<double>(xd, out double md, out double cd, out double vd);
+        Assert.Equal((md, cd, vd), (m, c, v));
+
+        double istd = ElementFormulas.InverseStandardDeviation(v, 1e-5);
+        foreach (bool stream in new[] { false, true })
+        {
+            float[] xHat = new float[n], y = new float[n];
+            double[] xHatD = new double[n], yd = new double[n];
+            Assert.True(ColumnKernels.Normalize<float>(x, m, c, istd, 1.5, 0.25, xHat, y, stream));
+            Assert.True(ColumnKernels.Normalize<double>(xd, m, c, istd, 1.5, 0.25, xHatD, yd, stream));
+            Assert.Equal(Round(xHatD), xHat);
+            Assert.Equal(Round(yd), y);
+
+            // The backward kernels read the stored float x̂, so their reference reads it widened.
+            double[] xHatWide = Widen(xHat);
+            Assert.Equal(ColumnKernels.SumAndDot<double>(dyd, xHatWide), ColumnKernels.SumAndDot<float>(dy, xHat));
+            float[] dx = new float[n];
+            double[] dxd = new double[n];
+            Assert.True(ColumnKernels.ClosedFormInputGradient<float>(dy, xHat, 0.125, -0.375, 3, dx, stream));
+            Assert.True(ColumnKernels.ClosedFormInputGradient<double>(dyd, xHatWide, 0.125, -0.375, 3, dxd, stream));
+            Assert.Equal(Round(dxd), dx);
+            Assert.True(ColumnKernels.Scale<float>(dy, 0.3, dx, stream));
+            Assert.True(ColumnKernels.Scale<double>(dyd, 0.3, dxd, stream));
+            Assert.Equal(Round(dxd), dx);
+        }
+    }
+
+    [Theory]
+    [InlineData(2)]
+    [InlineData(3)]
+    [InlineData(4)]
+    [InlineData(8)]
+    [InlineData(13)]
+    [InlineData(128)]
+    public void Four_short_segments_over_float_data_are_the_double_kernels_rounded_once(int n)
+    {
+        Assert.True(QuadKernels.IsSupported, "The quad kernels need AVX, as the machines this suite runs on have.");
+        var random = new Random(n);
+        float[] x = Data(random, 4 * n, 1e4, 1e-2), dy = Data(random, 4 * n, 0, 1);
+        double[] xd = Widen(x), dyd = Widen(dy);
+
+        QuadKernels.Moments(ref x[0], n, out Vector256<double> center, out Vector256<double> correction, out Vector256<double> variance);
+        QuadKernels.Moments(ref xd[0], n, out Vector256<double> centerD, out Vector256<double> correctionD, out Vector256<double> varianceD);
+        Assert.Equal((centerD, correctionD, varianceD), (center, correction, variance));
+
+        Vector256<double> istd = QuadKernels.InverseStandardDeviation(variance, 1e-5);
+        Vector256<double> gamma = Vector256.Create(1.5, -2, 0.5, 3), beta = Vector256.Create(0.25, 1, -1, 0);
+        float[] xHat = new float[4 * n], y = new float[4 * n];
+        double[] xHatD = new double[4 * n], yd = new double[4 * n];
+        Assert.Equal(0, QuadKernels.Normalize(ref x[0], n, center, correction, istd, gamma, beta, ref xHat[0], ref y[0]));
+        Assert.Equal(0, QuadKernels.Normalize(ref xd[0], n, center, correction, istd, gamma, beta, ref xHatD[0], ref yd[0]));
+        Assert.Equal(Round(xHatD), xHat);
+        Assert.Equal(Round(yd), y);
+
+        double[] xHatWide = Widen(xHat);
+        QuadKernels.SumAndDot(ref dy[0], ref xHat[0], n, out Vector256<double> sumDy, out Vector256<double> sumDyXHat);
+        QuadKernels.SumAndDot(ref dyd[0], ref xHatWide[0], n, out Vector256<double> sumDyD, out Vector256<double> sumDyXHatD);
+        Assert.Equal((sumDyD, sumDyXHatD), (sumDy, sumDyXHat));
+        foreach (bool frozen in new[] { false, true })
+        {
+            float[] dx = new float[4 * n];
+            double[] dxd = new double[4 * n];
+            Vector256<double> meanDy = sumDy / n, meanDyXHat = sumDyXHat / n, scale = gamma * istd;
+            Assert.Equal(0, QuadKernels.InputGradient(ref dy[0], ref xHat[0], n, meanDy, meanDyXHat, scale, frozen, ref dx[0]));
+            Assert.Equal(0, QuadKernels.InputGradient(ref dyd[0], ref xHatWide[0], n, meanDy, meanDyXHat, scale, frozen, ref dxd[0]));
+            Assert.Equal(Round(dxd), dx);
+        }
+    }
+
+    [Theory]
+    [InlineData(1, 1)]
+    [InlineData(3, 7)]
+    [InlineData(17, 5)]
+    [InlineData(64, 129)]
+    [InlineData(300, 3)]
+    [InlineData(530, 40)]
+    public void Row_group_kernels_over_float_data_are_the_double_kernels_rounded_once(int rows, int count)
+    {
+        var random = new Random(rows + count);
+        int columns = count + 2, first = 1;
+        float[] x = Data(random, rows * columns, 1e4, 1e-2), dy = Data(random, rows * columns, 0, 1);
+        double[] xd = Widen(x), dyd = Widen(dy);
+        double[] gamma = Enumerable.Range(0, columns).Select(j => 1 + (0.25 * j)).ToArray(), beta = Enumerable.Range(0, columns).Select(j => -0.5 * j).ToArray();
+        var scratch = new LaneScratch();
+
+        double[] center = new double[rows], correction = new double[rows], variance = new double[rows];
+        double[] centerD = new double[rows], correctionD = new double[rows], varianceD = new double[rows];
+        LaneKernels.Moments<float>(x, rows, first, count, center, correction, variance, scratch);
+        LaneKernels.Moments<double>(xd, rows, first, count, centerD, correctionD, varianceD, scratch);
+        Assert.Equal(centerD, center);
+        Assert.Equal(correctionD, correction);
+        Assert.Equal(varianceD, variance);
+
+        double[] meanSquare = new double[rows], meanSquareD = new double[rows];
+        LaneKernels.MeanSquares<float>(x, rows, first, count, meanSquare, scratch);
+        LaneKernels.MeanSquares<double>(xd, rows, first, count, meanSquareD, scratch);
+        Assert.Equal(meanSquareD, meanSquare);
+
+        double[] istd = variance.Select(s => ElementFormulas.InverseStandardDeviation(s, 1e-5)).ToArray();
+        float[] xHat = new float[rows * columns], y = new float[rows * columns];
+        double[] xHatD = new double[rows * columns], yd = new double[rows * columns];
+        Assert.True(LaneKernels.Normalize<float>(x, rows, first, count, center, correction, istd, gamma, beta, xHat, y));
+        Assert.True(LaneKernels.Normalize<double>(xd, rows, first, count, center, correction, istd, gamma, beta, xHatD, yd));
+        Assert.Equal(Round(xHatD), xHat);
+        Assert.Equal(Round(yd), y);
+
+        double[] xHatWide = Widen(xHat);
+        double[] sumG = new double[rows], sumGXHat = new double[rows], sumGD = new double[rows], sumGXHatD = new double[rows];
+        LaneKernels.ScaledSumAndDot<float>(dy, xHat, rows, first, count, gamma, sumG, sumGXHat, scratch);
+        LaneKernels.ScaledSumAndDot<double>(dyd, xHatWide, rows, first, count, gamma, sumGD, sumGXHatD, scratch);
+        Assert.Equal(sumGD, sumG);
+        Assert.Equal(sumGXHatD, sumGXHat);
+
+        float[] dx = new float[rows * columns];
+        double[] dxd = new double[rows * columns];
+        Assert.True(LaneKernels.ClosedFormInputGradient<float>(dy, xHat, rows, first, count, gamma, sumG, sumGXHat, istd, dx));
+        Assert.True(LaneKernels.ClosedFormInputGradient<double>(dyd, xHatWide, rows, first, count, gamma, sumG, sumGXHat, istd, dxd));
+        Assert.Equal(Round(dxd), dx);
+    }
+
+    [Theory]
+    [InlineData(2)]
+    [InlineData(5)]
+    [InlineData(64)]
+    [InlineData(1000)]
+    public void Float_statistics_and_outputs_are_the_exact_ones_rounded_to_float_within_one_unit(int n)
+    {
+        // The hard case of the issue: mean 1e4, spread 1e-2, where float arithmetic loses the spread.
+        var random = new Random(7 * n);
+        float[] x = Data(random, n, 1e4, 1e-2), dy = Data(random, n, 0, 1);
+        var exact = new ExactColumn(Widen(x), 1.5, 0.25, 1e-5, Widen(dy));
+        ColumnKernels.Moments<float>(x, out double center, out double correction, out double variance);
+        Assert.Equal(exact.Mean, center + correction, 1e-15 * exact.Mean);
+        Assert.Equal(exact.Variance, variance, 1e-12 * exact.Variance);
+
+        double istd = ElementFormulas.InverseStandardDeviation(variance, 1e-5);
+        float[] xHat = new float[n], y = new float[n], dx = new float[n];
+        Assert.True(ColumnKernels.Normalize<float>(x, center, correction, istd, 1.5, 0.25, xHat, y, stream: false));
+        AssertWithinOneUnit("x̂", exact.XHat, xHat);
+        AssertWithinOneUnit("y", exact.Y, y);
+    }
+
+    [Fact]
+    public void A_result_that_rounds_to_float_infinity_fails_the_probe_and_one_that_rounds_to_the_largest_float_passes()
+    {
+        double limit = Elements<float>.FloatLimit;
+        Assert.Equal(float.PositiveInfinity, (float)limit);
+        Assert.Equal(float.MaxValue, (float)Math.BitDecrement(limit));
+        foreach (double value in new[] { limit, -limit, double.MaxValue, double.PositiveInfinity, double.NaN })
+        {
+            Assert.True(double.IsNaN(Elements<float>.Probe(value)), $"{value}");
+            Assert.True(double.IsNaN(Vector.Sum(Elements<float>.Probe(new Vector<double>(value)))), $"{value}");
+            Assert.True(double.IsNaN(Vector256.Sum(Elements<float>.Probe(Vector256.Create(value)))), $"{value}");
+        }
+
+        foreach (double value in new[] { Math.BitDecrement(limit), -Math.BitDecrement(limit), float.MaxValue, 0, -1e-300 })
+        {
+            Assert.Equal(0, Elements<float>.Probe(value));
+            Assert.Equal(Vector<double>.Zero, Elements<float>.Probe(new Vector<double>(value)));
+            Assert.Equal(Vector256<double>.Zero, Elements<float>.Probe(Vector256.Create(value)));
+        }
+
+        // A double keeps what float cannot.
+        Assert.Equal(0, Elements<double>.Probe(limit));
+        Assert.True(double.IsNaN(Elements<double>.Probe(double.PositiveInfinity)));
+    }
+
+    [Theory]
+    [InlineData(5, 0)]
+    [InlineData(5, 4)]
+    [InlineData(100, 1)]
+    [InlineData(100, 50)]
+    [InlineData(100, 99)]
+    public void A_lone_float_overflow_is_caught_where_the_double_value_is_finite(int n, int at)
+    {
+        // dy = 1 everywhere but at one place 2e38, and dx = 2·dy: 4e38 is finite in double but +∞ in float.
+        float[] dy = Enumerable.Repeat(1f, n).ToArray(), dx = new float[n];
+        dy[at] = 2e38f;
+        foreach (bool stream in new[] { false, true })
+        {
+            Assert.False(ColumnKernels.Scale<float>(dy, 2, dx, stream));
+            Assert.Equal(float.PositiveInfinity, dx[at]);
+            Assert.True(ColumnKernels.Scale<float>(dy, 1.5, dx, stream));
+            Assert.True(ColumnKernels.Scale<double>(Widen(dy), 2, new double[n], stream));
+        }
+
+        Assert.Equal(-1, ColumnKernels.FirstNonFinite<float>(dy));
+        dy[at] = float.PositiveInfinity;
+        Assert.Equal(at, ColumnKernels.FirstNonFinite<float>(dy));
+        dy[at] = float.NaN;
+        Assert.Equal(at, ColumnKernels.FirstNonFinite<float>(dy));
+    }
+
+    [Fact]
+    public void The_row_group_and_quad_kernels_catch_a_float_overflow_too()
+    {
+        // Two rows, two features: x̂ = ±1 per row, γ = 3e38 makes y = ±3e38 finite; γ = 4e38 overflows float only.
+        float[] x = [0, 1, 1, 0];
+        double[] center = [0, 1], correction = [0.5, -0.5], istd = [2, 2], beta = [0, 0];
+        var scratch = new LaneScratch();
+        float[] xHat = new float[4], y = new float[4];
+        Assert.True(LaneKernels.Normalize<float>(x, 2, 0, 2, center, correction, istd, [3e38, 3e38], beta, xHat, y));
+        Assert.False(LaneKernels.Normalize<float>(x, 2, 0, 2, center, correction, istd, [1, 4e38], beta, xHat, y));
+        Assert.True(double.IsInfinity(y[2]) && double.IsInfinity(y[3]));
+        Assert.True(LaneKernels.Normalize<double>(Widen(x), 2, 0, 2, center, correction, istd, [1, 4e38], beta, new double[4], new double[4]));
+
+        Assert.True(QuadKernels.IsSupported, "The quad kernels need AVX, as the machines this suite runs on have.");
+        float[] quad = Enumerable.Range(0, 16).Select(i => (float)(i % 4 == 0 ? 1 : 0)).ToArray(), quadXHat = new float[16], quadY = new float[16];
+        QuadKernels.Moments(ref quad[0], 4, out Vector256<double> c, out Vector256<double> k, out Vector256<double> v);
+        Vector256<double> s = QuadKernels.InverseStandardDeviation(v, 1e-5);
+        Assert.Equal(0b0100, QuadKernels.Normalize(ref quad[0], 4, c, k, s, Vector256.Create(1, 1, 3e38, 1), Vector256<double>.Zero, ref quadXHat[0], ref quadY[0]));
+        Assert.Equal(float.PositiveInfinity, quadY[8]);
+    }
+
+    private static float[] Data(Random random, int n, double mean, double spread)
+        => Enumerable.Range(0, n).Select(_ => (float)(mean + (spread * ((2 * random.NextDouble()) - 1)))).ToArray();
+
+    private static double[] Widen(float[] values) => values.Select(v => (double)v).ToArray();
+
+    private static float[] Round(double[] values) => values.Select(v => (float)v).ToArray();
+
+    private static void AssertWithinOneUnit(string what, double[] exact, float[] actual)
+    {
+        for (int i = 0; i < exact.Length; i++)
+        {
+            float rounded = (float)exact[i];
+            Assert.True(
+                actual[i] == rounded || actual[i] == MathF.BitIncrement(rounded) || actual[i] == MathF.BitDecrement(rounded),
+                $"{what}[{i}] = {actual[i]:R}, the exact value rounded to float is {rounded:R}");
+        }
+    }
+}
