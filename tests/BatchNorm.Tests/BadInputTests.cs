@@ -58,10 +58,10 @@ public class BadInputTests
         BatchNormLayer layer = Primed();
         var snapshot = new LayerSnapshot(layer);
         var y = Matrix<double>.Build.Dense(3, 3);
-        Assert.Equal("input", Assert.Throws<ArgumentNullException>(() => layer.Forward(null!)).ParamName);
+        Assert.Equal("input", Assert.Throws<ArgumentNullException>(() => layer.Forward((Matrix<double>)null!)).ParamName);
         Assert.Equal("input", Assert.Throws<ArgumentNullException>(() => layer.Forward(null!, y)).ParamName);
         Assert.Equal("output", Assert.Throws<ArgumentNullException>(() => layer.Forward(Batch, null!)).ParamName);
-        Assert.Equal("outputGradient", Assert.Throws<ArgumentNullException>(() => layer.Backward(null!)).ParamName);
+        Assert.Equal("outputGradient", Assert.Throws<ArgumentNullException>(() => layer.Backward((Matrix<double>)null!)).ParamName);
         Assert.Equal("outputGradient", Assert.Throws<ArgumentNullException>(() => layer.Backward(null!, y)).ParamName);
         Assert.Equal("inputGradient", Assert.Throws<ArgumentNullException>(() => layer.Backward(y, null!)).ParamName);
         Assert.Throws<ArgumentNullException>(() => layer.BackwardStrategy = null!);

@@ -8,7 +8,7 @@ namespace BatchNorm.Tests;
 
 /// <summary>
 /// What GradientCheck computes and where it probes, against values worked out by hand: the central differences of
-/// every overload, the representable step far from zero, the fourth-order extrapolation of <see cref="GradientCheck.Check"/>,
+/// every overload, the representable step far from zero, the fourth-order extrapolation of <see cref="GradientCheck.Check(INormalizationLayer, MathNet.Numerics.LinearAlgebra.Matrix{double}, MathNet.Numerics.LinearAlgebra.Matrix{double}, double)"/>,
 /// the step it takes for each element and parameter, and what it puts back.
 /// </summary>
 public class GradientCheckProbingTests

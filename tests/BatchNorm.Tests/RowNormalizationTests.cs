@@ -152,7 +152,7 @@ public class RowNormalizationTests
         Matrix<double> badGradient = Matrix<double>.Build.Dense(3, 4, 1.0);
         badGradient[0, 1] = double.PositiveInfinity;
         Assert.Contains("Column 1", Assert.Throws<ArgumentException>(() => layer.Backward(badGradient)).Message);
-        Assert.Throws<ArgumentNullException>(() => layer.Forward(null!));
+        Assert.Throws<ArgumentNullException>(() => layer.Forward((Matrix<double>)null!));
         Assert.Throws<ArgumentException>(() => layer.BackwardStrategy = new TooFewSums());
 
         // The cache is still the last good Forward's, and the gradients are unchanged.

@@ -126,6 +126,8 @@ public abstract class BackwardStrategy
         Matrix<double> dx = DenseColumns.DenseTarget(inputGradient, ref dxScratch);
         double[] dGamma = new double[features], dBeta = new double[features];
         var engine = new NormalizationEngine(new ColumnRunner { MaxDegreeOfParallelism = 1 });
+        NormalizationCache? wide = null;
+        cache = cache.SinglePrecision ? cache.WidenInto(ref wide) : cache;
         if (engine.Backward(this, cache, gamma.ToArray(), dy, dx, dGamma, dBeta) is { Failed: true } fault)
         {
             throw fault.BackwardException(nameof(outputGradient), this);

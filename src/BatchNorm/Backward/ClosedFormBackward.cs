@@ -35,9 +35,16 @@ internal sealed class ClosedFormBackward : BackwardStrategy
     public override int SumCount => 3;
 
     protected override void SegmentSumsCore(in BackwardSegment segment, Span<double> sums, Span<double> inputGradient)
+        => SumsOf(segment, segment.OutputGradient, segment.NormalizedInput, sums);
+
+    /// <summary>
+    /// The sums of a segment whose dy and x̂ are of element type T (a float segment carries its numbers in
+    /// <paramref name="segment"/> and its values here).
+    /// </summary>
+    internal static void SumsOf<T>(in BackwardSegment segment, ReadOnlySpan<T> dy, ReadOnlySpan<T> xHat, Span<double> sums)
+        where T : unmanaged
     {
-        ReadOnlySpan<double> dy = segment.OutputGradient;
-        (double sumDy, double sumDyXHat) = ColumnKernels.SumAndDot(dy, segment.NormalizedInput);
+        (double sumDy, double sumDyXHat) = ColumnKernels.SumAndDot(dy, xHat);
         sums[0] = sumDyXHat;
         sums[1] = sumDy;
         double difference = 0;
@@ -45,7 +52,8 @@ internal sealed class ClosedFormBackward : BackwardStrategy
         {
             for (int i = 0; i < dy.Length; i++)
             {
-                difference += segment.Offset + i == 0 ? dy[i] : -dy[i];
+                double value = Elements<T>.ToDouble(dy[i]);
+                difference += segment.Offset + i == 0 ? value : -value;
             }
         }
 
@@ -57,11 +65,16 @@ internal sealed class ClosedFormBackward : BackwardStrategy
 
     /// <summary>The input gradient, and whether it is finite, which the kernels check as they write.</summary>
     internal override bool InputGradientFinite(in BackwardSegment segment, ReadOnlySpan<double> sums, Span<double> inputGradient)
+        => InputGradientOf(segment, segment.OutputGradient, segment.NormalizedInput, sums, inputGradient);
+
+    /// <summary>The input gradient of a segment whose dy, x̂ and dx are of element type T, and whether it is finite as stored.</summary>
+    internal static bool InputGradientOf<T>(in BackwardSegment segment, ReadOnlySpan<T> dy, ReadOnlySpan<T> xHat, ReadOnlySpan<double> sums, Span<T> inputGradient)
+        where T : unmanaged
     {
         double scale = segment.Gamma * segment.InverseStandardDeviation;
         if (segment.FrozenStatistics)
         {
-            return ColumnKernels.Scale(segment.OutputGradient, scale, inputGradient, segment.Stream);
+            return ColumnKernels.Scale(dy, scale, inputGradient, segment.Stream);
         }
 
         if (IsTwoValues(segment))
@@ -69,16 +82,16 @@ internal sealed class ClosedFormBackward : BackwardStrategy
             double first = TwoValueGradient(segment.Gamma, segment.Variance, segment.Epsilon, sums[2]);
             for (int i = 0; i < inputGradient.Length; i++)
             {
-                inputGradient[i] = segment.Offset + i == 0 ? first : -first;
+                inputGradient[i] = Elements<T>.FromDouble(segment.Offset + i == 0 ? first : -first);
             }
 
-            return double.IsFinite(first);
+            return !double.IsNaN(Elements<T>.Probe(first));
         }
 
         // Without centering (RMS norm) μ is no node of the graph, and its term, mean(dy), drops out.
         int n = segment.Count;
         double meanDy = segment.Centered ? sums[1] / n : 0;
-        return ColumnKernels.ClosedFormInputGradient(segment.OutputGradient, segment.NormalizedInput, meanDy, sums[0] / n, scale, inputGradient, segment.Stream);
+        return ColumnKernels.ClosedFormInputGradient(dy, xHat, meanDy, sums[0] / n, scale, inputGradient, segment.Stream);
     }
 
     /// <summary>
@@ -87,6 +100,12 @@ internal sealed class ClosedFormBackward : BackwardStrategy
     /// </summary>
     internal override int QuadBackward(
         ref double outputGradient, ref double normalizedInput, int length, Vector256<double> gamma, Vector256<double> inverseStd, bool frozenStatistics, Span<double> sums, ref double inputGradient)
+        => QuadBackwardOf(ref outputGradient, ref normalizedInput, length, gamma, inverseStd, frozenStatistics, sums, ref inputGradient);
+
+    /// <summary><see cref="QuadBackward"/> over values of element type T.</summary>
+    internal static int QuadBackwardOf<T>(
+        ref T outputGradient, ref T normalizedInput, int length, Vector256<double> gamma, Vector256<double> inverseStd, bool frozenStatistics, Span<double> sums, ref T inputGradient)
+        where T : unmanaged
     {
         if (length == 2 && !frozenStatistics)
         {
@@ -109,11 +128,16 @@ internal sealed class ClosedFormBackward : BackwardStrategy
 
     /// <summary>Every row group at once, each row a SIMD lane: the same formulas with g = γ·dy per feature in place of dy.</summary>
     internal override bool TryBackwardRowGroups(NormalizationCache cache, ReadOnlySpan<double> gamma, Matrix<double> dy, Matrix<double> dx, LaneScratch scratch, out bool finite)
+        => BackwardRowGroupsOf(cache, gamma, dy, dx, scratch, out finite);
+
+    /// <summary><see cref="TryBackwardRowGroups"/> over values of element type T.</summary>
+    internal static bool BackwardRowGroupsOf<T>(NormalizationCache cache, ReadOnlySpan<double> gamma, Matrix<T> dy, Matrix<T> dx, LaneScratch scratch, out bool finite)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
         finite = true;
         int n = cache.BatchSize, size = cache.SegmentColumns;
-        ReadOnlySpan<double> dyData = DenseColumns.Data(dy), xHat = cache.NormalizedInput;
-        Span<double> dxData = DenseColumns.Data(dx);
+        ReadOnlySpan<T> dyData = DenseColumns.Data(dy), xHat = cache.Normalized<T>();
+        Span<T> dxData = DenseColumns.Data(dx);
         Span<double> meanG = scratch.First(n), meanGXHat = scratch.Second(n);
         for (int g = 0; g < cache.ColumnBlocks; g++)
         {
@@ -123,11 +147,11 @@ internal sealed class ClosedFormBackward : BackwardStrategy
             {
                 for (int i = 0; i < n; i++)
                 {
-                    double difference = (gamma[first] * dyData[(first * n) + i]) - (gamma[first + 1] * dyData[((first + 1) * n) + i]);
+                    double difference = (gamma[first] * Elements<T>.ToDouble(dyData[(first * n) + i])) - (gamma[first + 1] * Elements<T>.ToDouble(dyData[((first + 1) * n) + i]));
                     double value = TwoValueGradient(1, variance[i], cache.Epsilon, difference);
-                    dxData[(first * n) + i] = value;
-                    dxData[((first + 1) * n) + i] = -value;
-                    finite &= double.IsFinite(value);
+                    dxData[(first * n) + i] = Elements<T>.FromDouble(value);
+                    dxData[((first + 1) * n) + i] = Elements<T>.FromDouble(-value);
+                    finite &= !double.IsNaN(Elements<T>.Probe(value));
                 }
 
                 continue;

@@ -33,13 +33,22 @@ namespace BatchNorm;
 /// </remarks>
 public sealed class NormalizationCache
 {
-    private readonly Matrix<double> _normalized;
+    private readonly Matrix<double>? _normalized;
+    private readonly Matrix<float>? _normalizedSingle;
     private readonly double[] _mean, _variance, _inverseStd;
 
-    internal NormalizationCache(SegmentLayout layout)
+    private NormalizationCache(SegmentLayout layout, bool singlePrecision)
     {
         Layout = layout;
-        _normalized = Matrix<double>.Build.Dense(layout.Rows, layout.Columns);
+        if (singlePrecision)
+        {
+            _normalizedSingle = Matrix<float>.Build.Dense(layout.Rows, layout.Columns);
+        }
+        else
+        {
+            _normalized = Matrix<double>.Build.Dense(layout.Rows, layout.Columns);
+        }
+
         _mean = new double[layout.Count];
         _variance = new double[layout.Count];
         _inverseStd = new double[layout.Count];
@@ -94,14 +103,22 @@ public sealed class NormalizationCache
     /// <summary>Gets 1/√(σ² + ε) per segment.</summary>
     public ReadOnlySpan<double> InverseStandardDeviation => _inverseStd;
 
+    /// <summary>
+    /// Gets whether the Forward was over <c>Matrix&lt;float&gt;</c>: then x̂ is held in float (<see cref="NormalizedInputSingle"/>),
+    /// while μ, σ² and 1/√(σ² + ε) are doubles as always.
+    /// </summary>
+    public bool SinglePrecision => _normalizedSingle is not null;
+
     /// <summary>Gets the whole of x̂ in column-major order: feature j occupies elements [j·N, (j+1)·N).</summary>
-    public ReadOnlySpan<double> NormalizedInput => DenseColumns.Data(_normalized);
+    /// <exception cref="InvalidOperationException">The cache is of a single-precision Forward (<see cref="SinglePrecision"/>): read <see cref="NormalizedInputSingle"/>.</exception>
+    public ReadOnlySpan<double> NormalizedInput => DenseColumns.Data(_normalized ?? throw WrongPrecision("double", nameof(NormalizedInputSingle)));
+
+    /// <summary>Gets the whole of x̂ of a single-precision Forward, in column-major order as <see cref="NormalizedInput"/>.</summary>
+    /// <exception cref="InvalidOperationException">The cache is of a double-precision Forward: read <see cref="NormalizedInput"/>.</exception>
+    public ReadOnlySpan<float> NormalizedInputSingle => DenseColumns.Data(_normalizedSingle ?? throw WrongPrecision("float", nameof(NormalizedInput)));
 
     /// <summary>The layout the Forward cut the batch into.</summary>
     internal SegmentLayout Layout { get; }
-
-    /// <summary>The dense matrix behind x̂; for the engine, which never writes to it outside a Forward.</summary>
-    internal Matrix<double> NormalizedMatrix => _normalized;
 
     /// <summary>
     /// The number of values each segment's statistics were taken over: the segment's own, or with synchronized workers
@@ -160,6 +177,47 @@ public sealed class NormalizationCache
     }
 
     /// <summary>Copies x̂ into a new N×D matrix, for inspection or for a strategy written with MathNet operators.</summary>
-    /// <returns>A new dense matrix that the caller owns.</returns>
-    public Matrix<double> NormalizedInputToMatrix() => _normalized.Clone();
+    /// <returns>A new dense matrix that the caller owns; of a single-precision Forward, x̂ widened to double (exactly).</returns>
+    public Matrix<double> NormalizedInputToMatrix() => _normalized?.Clone() ?? _normalizedSingle!.Map(value => (double)value);
+
+    /// <summary>A cache whose x̂ is held in element type T.</summary>
+    internal static NormalizationCache Create<T>(SegmentLayout layout)
+        where T : unmanaged
+        => new(layout, typeof(T) == typeof(float));
+
+    /// <summary>
+    /// This cache with x̂ widened to double (exactly), in <paramref name="scratch"/>, which is made or reused: for a
+    /// strategy that reads only doubles (see <see cref="BackwardStrategy"/>), after a single-precision Forward.
+    /// </summary>
+    internal NormalizationCache WidenInto(ref NormalizationCache? scratch)
+    {
+        if (scratch is null || scratch.Layout != Layout)
+        {
+            scratch = new NormalizationCache(Layout, singlePrecision: false);
+        }
+
+        Elements<float>.Widen(NormalizedInputSingle, DenseColumns.Data(scratch._normalized!));
+        _mean.CopyTo(scratch._mean);
+        _variance.CopyTo(scratch._variance);
+        _inverseStd.CopyTo(scratch._inverseStd);
+        (scratch.IsTraining, scratch.FrozenStatistics, scratch.Centered, scratch.Epsilon) = (IsTraining, FrozenStatistics, Centered, Epsilon);
+        (scratch.SegmentValues, scratch.SegmentOffset, scratch.Synchronized) = (SegmentValues, SegmentOffset, Synchronized);
+        return scratch;
+    }
+
+    /// <summary>Gets whether x̂ is held in element type T.</summary>
+    internal bool Holds<T>() => typeof(T) == typeof(float) ? _normalizedSingle is not null : _normalized is not null;
+
+    /// <summary>The dense data behind x̂ in its element type T; for the engine, which never writes to it outside a Forward.</summary>
+    internal Span<T> Normalized<T>()
+        where T : unmanaged, IEquatable<T>, IFormattable
+        => DenseColumns.Data((Matrix<T>)(object)((object?)_normalizedSingle ?? _normalized)!);
+
+    /// <summary>x̂ of column <paramref name="column"/> in element type T.</summary>
+    internal Span<T> NormalizedColumnOf<T>(int column)
+        where T : unmanaged, IEquatable<T>, IFormattable
+        => Normalized<T>().Slice(column * BatchSize, BatchSize);
+
+    private InvalidOperationException WrongPrecision(string asked, string instead)
+        => new($"This cache is of a {(SinglePrecision ? "single" : "double")}-precision Forward, so x̂ is not held in {asked}: read {instead}, or NormalizedInputToMatrix().");
 }

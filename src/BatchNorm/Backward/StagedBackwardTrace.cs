@@ -82,13 +82,16 @@ public sealed class StagedBackwardTrace
         int blocks = cache.RowBlocks, rows = cache.SegmentRows;
         var trace = new StagedBackwardTrace(cache.BatchSize, cache.Features, cache.SegmentCount);
         var dXHat = new double[rows];
+
+        // x̂ as doubles: a single-precision Forward's widened, exactly.
+        double[] normalized = cache.NormalizedInputToMatrix().AsColumnMajorArray();
         for (int j = 0; j < cache.Features; j++)
         {
             for (int b = 0; b < blocks; b++)
             {
                 int k = (j * blocks) + b;
                 double[] dy = outputGradient.Column(j, b * rows, rows).ToArray();
-                ReadOnlySpan<double> xHat = cache.NormalizedColumn(j).Slice(b * rows, rows);
+                ReadOnlySpan<double> xHat = normalized.AsSpan((j * cache.BatchSize) + (b * rows), rows);
                 double inverseStd = cache.InverseStandardDeviation[k];
 
                 // Node y, then nodes σ² and μ, then node x: the stages of BackwardStrategy.Staged.

@@ -28,7 +28,7 @@ public static class GradientCheck
     public const double DefaultStep = 1e-5;
 
     /// <summary>
-    /// The floor, as a fraction of the gradient's size, under each element's denominator in the errors <see cref="Check"/>
+    /// The floor, as a fraction of the gradient's size, under each element's denominator in the errors <see cref="Check(INormalizationLayer, Matrix{double}, Matrix{double}, double)"/>
     /// reports; see <see cref="RelativeError(Matrix{double}, Matrix{double}, double)"/>.
     /// </summary>
     public const double DefaultRelativeFloor = 1e-4;
@@ -174,7 +174,7 @@ public static class GradientCheck
     /// <param name="analytic">One gradient, for example from Backward.</param>
     /// <param name="numerical">The other, for example from a central difference.</param>
     /// <param name="relativeFloor">
-    /// The floor as a fraction of the gradient's size, in [0, 1]; <see cref="Check"/> uses <see cref="DefaultRelativeFloor"/>.
+    /// The floor as a fraction of the gradient's size, in [0, 1]; <see cref="Check(INormalizationLayer, Matrix{double}, Matrix{double}, double)"/> uses <see cref="DefaultRelativeFloor"/>.
     /// 0 gives CS231n's error, the same as <see cref="RelativeError(Matrix{double}, Matrix{double})"/>.
     /// </param>
     /// <returns>0 for identical matrices; NaN if either holds NaN.</returns>
@@ -260,6 +260,53 @@ public static class GradientCheck
         Guard.NotNull(input, nameof(input));
         Guard.NotNull(outputGradient, nameof(outputGradient));
         CheckStep(relativeStep, nameof(relativeStep));
+        return CheckCore(layer, input, outputGradient, relativeStep, layer.Forward, layer.Backward, single: false);
+    }
+
+    /// <summary>
+    /// Checks a layer's single-precision Backward (<see cref="INormalizationLayer.Backward(Matrix{float})"/>) against
+    /// central differences of its single-precision Forward, as <see cref="Check(INormalizationLayer, Matrix{double}, Matrix{double}, double)"/>
+    /// checks the double ones. The differences are taken in double, over steps that keep every probed input a float.
+    /// </summary>
+    /// <param name="layer">The layer; its mode decides what is checked.</param>
+    /// <param name="input">x, N×D.</param>
+    /// <param name="outputGradient">dL/dy, N×D.</param>
+    /// <param name="relativeStep">
+    /// The step as a fraction of the scale of what is probed, as for the double check. Float outputs carry a rounding error
+    /// of about 2⁻²⁴ of their size, which a difference quotient divides by the step: the default 1e-2 keeps that near
+    /// 1e-5, and the fourth-order difference's own error (about the step to the fourth) below it.
+    /// </param>
+    /// <returns>The relative errors of dL/dx and of each parameter's gradient, floored as for the double check.</returns>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="relativeStep"/> is not positive and finite.</exception>
+    /// <exception cref="ArgumentException">A shape does not fit the layer, as Forward and Backward would report.</exception>
+    /// <exception cref="NotSupportedException">The layer takes only doubles.</exception>
+    /// <remarks>Calls and restores as the double check does.</remarks>
+    public static GradientCheckResult Check(INormalizationLayer layer, Matrix<float> input, Matrix<float> outputGradient, double relativeStep = 1e-2)
+    {
+        Guard.NotNull(layer, nameof(layer));
+        Guard.NotNull(input, nameof(input));
+        Guard.NotNull(outputGradient, nameof(outputGradient));
+        CheckStep(relativeStep, nameof(relativeStep));
+        return CheckCore(
+            layer,
+            Widen(input),
+            Widen(outputGradient),
+            relativeStep,
+            x => Widen(layer.Forward(x.Map(v => (float)v))),
+            dy => Widen(layer.Backward(dy.Map(v => (float)v))),
+            single: true);
+    }
+
+    private static Matrix<double> Widen(Matrix<float> matrix) => matrix.Map(v => (double)v);
+
+    /// <summary>
+    /// The check over a layer's Forward and Backward in one precision, seen through doubles: with <paramref name="single"/>
+    /// set every probed input is a float, as the layer reads it.
+    /// </summary>
+    private static GradientCheckResult CheckCore(
+        INormalizationLayer layer, Matrix<double> input, Matrix<double> outputGradient, double relativeStep, Func<Matrix<double>, Matrix<double>> forward, Func<Matrix<double>, Matrix<double>> backward, bool single)
+    {
         bool training = layer.IsTraining;
         SavedState running = SavedState.Of(layer);
         try
@@ -269,18 +316,18 @@ public static class GradientCheck
             Matrix<double> Forward(Matrix<double> x)
             {
                 running.RestoreRunningStatistics();
-                return layer.Forward(x);
+                return forward(x);
             }
 
             Matrix<double> probe = input.Clone();
-            Matrix<double> steps = InputSteps(layer, probe, relativeStep);
-            Matrix<double> numericalInput = EachElement(probe, (get, set, row, column) => FourthOrderDifference(() => Forward(probe), get, set, steps[row, column], outputGradient));
+            Matrix<double> steps = InputSteps(layer, probe, relativeStep, forward);
+            Matrix<double> numericalInput = EachElement(probe, (get, set, row, column) => FourthOrderDifference(() => Forward(probe), get, set, steps[row, column], outputGradient, single));
             Vector<double>[] numericalParameters = layer.Parameters
                 .Select(p => EachElement(p.Value, (get, set) => FourthOrderDifference(() => Forward(input), get, set, relativeStep * Math.Max(1, Math.Abs(get())), outputGradient)))
                 .ToArray();
             running.Restore();
             Forward(input);
-            Matrix<double> analyticInput = layer.Backward(outputGradient);
+            Matrix<double> analyticInput = backward(outputGradient);
             return new GradientCheckResult(
                 RelativeError(analyticInput, numericalInput, DefaultRelativeFloor),
                 layer.Parameters.Select((p, k) => (p.Name, RelativeError(p.Gradient, numericalParameters[k], DefaultRelativeFloor))).ToArray());
@@ -293,9 +340,9 @@ public static class GradientCheck
     }
 
     /// <summary>Each element's step: relativeStep·√(σ² + ε) of its segment, read from the cache of a Forward of x.</summary>
-    private static Matrix<double> InputSteps(INormalizationLayer layer, Matrix<double> x, double relativeStep)
+    private static Matrix<double> InputSteps(INormalizationLayer layer, Matrix<double> x, double relativeStep, Func<Matrix<double>, Matrix<double>> forward)
     {
-        layer.Forward(x);
+        forward(x);
         if (layer.Cache is { } cache && cache.BatchSize == x.RowCount && cache.Features == x.ColumnCount)
         {
             return Matrix<double>.Build.Dense(x.RowCount, x.ColumnCount, (i, j) => relativeStep * Math.Sqrt(cache.Variance[cache.SegmentOf(i, j)] + layer.Epsilon));
@@ -349,12 +396,12 @@ public static class GradientCheck
     /// <summary>
     /// The fourth-order central difference: with D(h) = (f(x+h) − f(x−h))/(2h), Richardson's (4·D(h) − D(2h))/3, whose
     /// truncation error is O(h⁴) rather than O(h²), so elements of the gradient far smaller than their neighbours stay
-    /// accurate. Each step is the offset actually representable at x (see <see cref="Offset"/>), so the two steps need
+    /// accurate. Each step is the offset actually representable at x (see <see cref="Offset(double, double)"/>), so the two steps need
     /// not be in the ratio 2 exactly, and the extrapolation weighs them by what they are: (D₁·h₂² − D₂·h₁²)/(h₂² − h₁²).
     /// </summary>
-    private static double FourthOrderDifference(Func<Matrix<double>> f, Func<double> get, Action<double> set, double step, Matrix<double> outputGradient)
+    private static double FourthOrderDifference(Func<Matrix<double>> f, Func<double> get, Action<double> set, double step, Matrix<double> outputGradient, bool single = false)
     {
-        double old = get(), near = Offset(old, step), far = Offset(old, 2 * step);
+        double old = get(), near = Offset(old, step, single), far = Offset(old, 2 * step, single);
         try
         {
             double nearQuotient = ProbeDifference(f, set, old + near, old - near, outputGradient) / (2 * near);
@@ -377,6 +424,22 @@ public static class GradientCheck
     {
         double offset = (x + step) - x;
         return offset > 0 ? offset : Math.BitIncrement(Math.Abs(x)) - Math.Abs(x);
+    }
+
+    /// <summary>
+    /// The step actually taken from x, so that x ± offset are exact; with <paramref name="single"/>, exact as floats (x
+    /// being one): a whole number of float spacings at |x| + step, which |x| and everything nearer zero are multiples of.
+    /// </summary>
+    private static double Offset(double x, double step, bool single)
+    {
+        if (!single)
+        {
+            return Offset(x, step);
+        }
+
+        float magnitude = MathF.Abs((float)x);
+        double offset = (double)(float)(magnitude + step) - magnitude;
+        return offset > 0 ? offset : (double)MathF.BitIncrement(magnitude) - magnitude;
     }
 
     /// <summary>Σₖ dyₖ·(f at up − f at down)ₖ, element by element so that unchanged outputs cancel exactly.</summary>

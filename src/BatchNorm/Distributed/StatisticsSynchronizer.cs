@@ -44,7 +44,8 @@ internal sealed class StatisticsSynchronizer(IStatisticsExchange exchange)
     /// <exception cref="ArgumentException">All workers together hold fewer than 2 values per channel; every worker throws it.</exception>
     /// <exception cref="InvalidOperationException">Another worker rejected its arguments or its batch holds NaN or infinity,
     /// or the exchange reports an impossible worker count or rank.</exception>
-    public (int Total, int Offset, int BadChannel) MergeMoments(Matrix<double> input, int channels, Span<double> center, Span<double> correction, Span<double> variance)
+    public (int Total, int Offset, int BadChannel) MergeMoments<T>(Matrix<T> input, int channels, Span<double> center, Span<double> correction, Span<double> variance)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
         int n = input.RowCount * (input.ColumnCount / channels), features = channels;
         Span<double> local = _forward.Local(ForwardSlots * features);

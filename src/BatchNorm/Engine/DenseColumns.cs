@@ -11,17 +11,21 @@ namespace BatchNorm;
 internal static class DenseColumns
 {
     /// <summary>Gets whether <paramref name="matrix"/> stores its elements densely in column-major order.</summary>
-    public static bool IsDense(Matrix<double> matrix) => matrix.Storage is DenseColumnMajorMatrixStorage<double>;
+    public static bool IsDense<T>(Matrix<T> matrix)
+        where T : unmanaged, IEquatable<T>, IFormattable
+        => matrix.Storage is DenseColumnMajorMatrixStorage<T>;
 
     /// <summary>Gets whether <paramref name="vector"/> stores its elements densely.</summary>
     public static bool IsDense(Vector<double> vector) => vector.Storage is DenseVectorStorage<double>;
 
     /// <summary>Gets the elements of a dense matrix; feature j is the span [j·N, (j+1)·N).</summary>
-    public static Span<double> Data(Matrix<double> matrix)
-        => ((DenseColumnMajorMatrixStorage<double>)matrix.Storage).Data.AsSpan(0, matrix.RowCount * matrix.ColumnCount);
+    public static Span<T> Data<T>(Matrix<T> matrix)
+        where T : unmanaged, IEquatable<T>, IFormattable
+        => ((DenseColumnMajorMatrixStorage<T>)matrix.Storage).Data.AsSpan(0, matrix.RowCount * matrix.ColumnCount);
 
     /// <summary>Gets column <paramref name="column"/> of a dense matrix as a span.</summary>
-    public static Span<double> Column(Matrix<double> matrix, int column)
+    public static Span<T> Column<T>(Matrix<T> matrix, int column)
+        where T : unmanaged, IEquatable<T>, IFormattable
         => Data(matrix).Slice(column * matrix.RowCount, matrix.RowCount);
 
     /// <summary>Gets the elements of a dense vector.</summary>
@@ -32,14 +36,15 @@ internal static class DenseColumns
     /// Returns <paramref name="matrix"/> itself when it is dense, else a dense copy held in <paramref name="scratch"/>,
     /// which is reallocated only when the shape changes.
     /// </summary>
-    public static Matrix<double> AsDense(Matrix<double> matrix, ref Matrix<double>? scratch)
+    public static Matrix<T> AsDense<T>(Matrix<T> matrix, ref Matrix<T>? scratch)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
         if (IsDense(matrix))
         {
             return matrix;
         }
 
-        Matrix<double> dense = Scratch(matrix.RowCount, matrix.ColumnCount, ref scratch);
+        Matrix<T> dense = Scratch(matrix.RowCount, matrix.ColumnCount, ref scratch);
         matrix.CopyTo(dense);
         return dense;
     }
@@ -48,11 +53,13 @@ internal static class DenseColumns
     /// Returns <paramref name="destination"/> itself when it is dense, else a dense scratch matrix of its shape
     /// whose contents the caller copies back with <see cref="CopyBack"/>.
     /// </summary>
-    public static Matrix<double> DenseTarget(Matrix<double> destination, ref Matrix<double>? scratch)
+    public static Matrix<T> DenseTarget<T>(Matrix<T> destination, ref Matrix<T>? scratch)
+        where T : unmanaged, IEquatable<T>, IFormattable
         => IsDense(destination) ? destination : Scratch(destination.RowCount, destination.ColumnCount, ref scratch);
 
     /// <summary>Copies a dense scratch result into a destination of other storage; nothing when they are the same.</summary>
-    public static void CopyBack(Matrix<double> dense, Matrix<double> destination)
+    public static void CopyBack<T>(Matrix<T> dense, Matrix<T> destination)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
         if (!ReferenceEquals(dense, destination))
         {
@@ -60,11 +67,12 @@ internal static class DenseColumns
         }
     }
 
-    private static Matrix<double> Scratch(int rows, int columns, ref Matrix<double>? scratch)
+    private static Matrix<T> Scratch<T>(int rows, int columns, ref Matrix<T>? scratch)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
         if (scratch is null || scratch.RowCount != rows || scratch.ColumnCount != columns)
         {
-            scratch = Matrix<double>.Build.Dense(rows, columns);
+            scratch = Matrix<T>.Build.Dense(rows, columns);
         }
 
         return scratch;

@@ -88,6 +88,33 @@ internal static class Elements<T>
         }
     }
 
+    /// <summary>Gets whether every value stays finite once rounded to <typeparamref name="T"/> (see <see cref="Probe(double)"/>).</summary>
+    public static bool AllFinite(ReadOnlySpan<double> values)
+    {
+        double probe = 0;
+        for (int i = 0; i < values.Length; i++)
+        {
+            probe += Probe(values[i]);
+        }
+
+        return !double.IsNaN(probe);
+    }
+
+    /// <summary>Rounds every value of <paramref name="source"/> into <paramref name="destination"/>.</summary>
+    public static void Narrow(ReadOnlySpan<double> source, Span<T> destination)
+    {
+        if (typeof(T) == typeof(double))
+        {
+            source.CopyTo(MemoryMarshal.Cast<T, double>(destination));
+            return;
+        }
+
+        for (int i = 0; i < source.Length; i++)
+        {
+            destination[i] = FromDouble(source[i]);
+        }
+    }
+
     /// <summary>Loads <see cref="Vector{T}.Count"/> elements of double from <paramref name="index"/> on, widened to double.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector<double> LoadVector(ref T first, nuint index)

@@ -79,7 +79,8 @@ internal static class Guard
         => Shape(matrix.RowCount, matrix.ColumnCount);
 
     /// <summary>Throws unless <paramref name="matrix"/> has <paramref name="columns"/> columns.</summary>
-    public static void Columns(Matrix<double> matrix, int columns, string parameterName)
+    public static void Columns<T>(Matrix<T> matrix, int columns, string parameterName)
+        where T : struct, IEquatable<T>, IFormattable
     {
         if (matrix.ColumnCount != columns)
         {
@@ -90,7 +91,8 @@ internal static class Guard
     }
 
     /// <summary>Throws unless <paramref name="matrix"/> is <paramref name="rows"/> by <paramref name="columns"/>.</summary>
-    public static void SameShape(Matrix<double> matrix, int rows, int columns, string parameterName, string expectedName)
+    public static void SameShape<T>(Matrix<T> matrix, int rows, int columns, string parameterName, string expectedName)
+        where T : struct, IEquatable<T>, IFormattable
     {
         if (matrix.RowCount != rows || matrix.ColumnCount != columns)
         {

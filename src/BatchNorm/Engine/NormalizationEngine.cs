@@ -26,9 +26,13 @@ namespace BatchNorm;
 /// </remarks>
 internal sealed class NormalizationEngine
 {
-    private readonly ColumnForward _forward;
-    private readonly ColumnBackward _backward;
+    private readonly ColumnForward<double> _forward;
+    private readonly ColumnBackward<double> _backward;
     private readonly LaneScratch _lanes = new();
+    private ColumnForward<float>? _forwardSingle;
+    private ColumnBackward<float>? _backwardSingle;
+    private Matrix<double>? _wideDy, _wideDx;
+    private NormalizationCache? _wideCache;
     private double[] _center = [], _correction = [], _givenVariance = [];
     private double[] _sums = [];
     private double[] _rowSegment = [];
@@ -36,8 +40,8 @@ internal sealed class NormalizationEngine
     public NormalizationEngine(ColumnRunner runner)
     {
         Runner = runner;
-        _forward = new ColumnForward(this);
-        _backward = new ColumnBackward(this);
+        _forward = new ColumnForward<double>(this);
+        _backward = new ColumnBackward<double>(this);
     }
 
     /// <summary>Gets the thread splitter of the column geometry.</summary>
@@ -66,19 +70,31 @@ internal sealed class NormalizationEngine
     /// <param name="affine">What replaces γ and β per feature, or null for γ and β.</param>
     /// <param name="given">Use the statistics put into <see cref="GivenStatistics"/>, rather than compute them.</param>
     /// <returns>The first column that failed (its statistics or its output not finite), or none.</returns>
-    public StepFault ForwardColumns(Matrix<double> x, Matrix<double> y, NormalizationCache cache, Vector<double> gamma, Vector<double> beta, ISegmentAffine? affine, bool given)
+    public StepFault ForwardColumns<T>(Matrix<T> x, Matrix<T> y, NormalizationCache cache, Vector<double> gamma, Vector<double> beta, ISegmentAffine? affine, bool given)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
-        _forward.Start(x, y, cache, gamma, beta, affine, given);
+        ColumnForward<T> forward = Forward<T>();
+        forward.Start(x, y, cache, gamma, beta, affine, given);
         try
         {
-            Runner.Run(_forward, cache.BatchSize, cache.Features, cache.ColumnBlocks);
-            return _forward.Fault;
+            Runner.Run(forward, cache.BatchSize, cache.Features, cache.ColumnBlocks);
+            return forward.Fault;
         }
         finally
         {
-            _forward.Finish();
+            forward.Finish();
         }
     }
+
+    /// <summary>The column Forward of element type T (one object per type, kept for the next step).</summary>
+    private ColumnForward<T> Forward<T>()
+        where T : unmanaged, IEquatable<T>, IFormattable
+        => typeof(T) == typeof(double) ? (ColumnForward<T>)(object)_forward : (ColumnForward<T>)(object)(_forwardSingle ??= new ColumnForward<float>(this));
+
+    /// <summary>The column Backward of element type T.</summary>
+    private ColumnBackward<T> BackwardOf<T>()
+        where T : unmanaged, IEquatable<T>, IFormattable
+        => typeof(T) == typeof(double) ? (ColumnBackward<T>)(object)_backward : (ColumnBackward<T>)(object)(_backwardSingle ??= new ColumnBackward<float>(this));
 
     /// <summary>
     /// Normalizes a row-group layout: each group of each row with its own statistics, y = γ·x̂ + β per column. Centered
@@ -91,11 +107,12 @@ internal sealed class NormalizationEngine
     /// <param name="gamma">γ per column (a channel's value repeated over its positions).</param>
     /// <param name="beta">β per column.</param>
     /// <returns>None, or the first segment (group·N + row) whose statistics are not finite, or the first column whose output is not.</returns>
-    public StepFault ForwardRows(Matrix<double> x, Matrix<double> y, NormalizationCache cache, ReadOnlySpan<double> gamma, ReadOnlySpan<double> beta)
+    public StepFault ForwardRows<T>(Matrix<T> x, Matrix<T> y, NormalizationCache cache, ReadOnlySpan<double> gamma, ReadOnlySpan<double> beta)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
         SegmentLayout layout = cache.Layout;
         int n = layout.Rows, size = layout.SegmentColumns, segments = layout.Count;
-        ReadOnlySpan<double> data = DenseColumns.Data(x);
+        ReadOnlySpan<T> data = DenseColumns.Data(x);
         Span<double> center = Buffer(ref _center, segments), correction = Buffer(ref _correction, segments);
         Span<double> mean = cache.WritableMean, variance = cache.WritableVariance, inverseStd = cache.WritableInverseStd;
 
@@ -143,14 +160,14 @@ internal sealed class NormalizationEngine
             inverseStd[s] = ElementFormulas.InverseStandardDeviation(variance[s], cache.Epsilon);
         }
 
-        Span<double> xHat = DenseColumns.Data(cache.NormalizedMatrix), output = DenseColumns.Data(y);
+        Span<T> xHat = cache.Normalized<T>(), output = DenseColumns.Data(y);
         for (int g = 0; g < layout.ColumnBlocks; g++)
         {
             bool finite = LaneKernels.Normalize(
                 data, n, g * size, size, center.Slice(g * n, n), correction.Slice(g * n, n), inverseStd.Slice(g * n, n), gamma, beta, xHat, output);
             for (int j = g * size; !finite && j < (g + 1) * size; j++)
             {
-                StepFault fault = OutputFault(j, DenseColumns.Column(cache.NormalizedMatrix, j), DenseColumns.Column(y, j), gamma[j], beta[j]);
+                StepFault fault = OutputFault<T>(j, cache.NormalizedColumnOf<T>(j), DenseColumns.Column(y, j), gamma[j], beta[j]);
                 if (fault.Failed)
                 {
                     return fault;
@@ -165,7 +182,8 @@ internal sealed class NormalizationEngine
     /// Why y = scale·x̂ + shift came out non-finite somewhere: a scale or shift that is not finite, or y overflowing where
     /// x̂ is finite. Where x̂ itself is not (an inference Forward passes NaN and ±∞ through), y may not be either.
     /// </summary>
-    private static StepFault OutputFault(int column, ReadOnlySpan<double> xHat, ReadOnlySpan<double> y, double scale, double shift)
+    private static StepFault OutputFault<T>(int column, ReadOnlySpan<T> xHat, ReadOnlySpan<T> y, double scale, double shift)
+        where T : unmanaged
     {
         if (!double.IsFinite(scale) || !double.IsFinite(shift))
         {
@@ -174,7 +192,7 @@ internal sealed class NormalizationEngine
 
         for (int i = 0; i < y.Length; i++)
         {
-            if (!double.IsFinite(y[i]) && double.IsFinite(xHat[i]))
+            if (!double.IsFinite(Elements<T>.ToDouble(y[i])) && double.IsFinite(Elements<T>.ToDouble(xHat[i])))
             {
                 return new StepFault(column, FaultCause.Output);
             }
@@ -188,7 +206,8 @@ internal sealed class NormalizationEngine
     /// columns) are not finite, at the first column to blame: one where dy holds NaN or ±∞, or else one where the cached x̂ does; the block's first column when dy is
     /// finite but its sums overflow.
     /// </summary>
-    internal static StepFault SumsFault(int first, int width, NormalizationCache cache, Matrix<double> dy)
+    internal static StepFault SumsFault<T>(int first, int width, NormalizationCache cache, Matrix<T> dy)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
         for (int j = first; j < first + width; j++)
         {
@@ -200,7 +219,7 @@ internal sealed class NormalizationEngine
 
         for (int j = first; j < first + width; j++)
         {
-            if (!ColumnKernels.AllFinite(cache.NormalizedColumn(j)))
+            if (!ColumnKernels.AllFinite<T>(cache.NormalizedColumnOf<T>(j)))
             {
                 return new(j, FaultCause.Cache);
             }
@@ -214,8 +233,16 @@ internal sealed class NormalizationEngine
     /// y = γ′·x̂ + β′ the Forward applied, where <paramref name="scale"/> holds γ′.
     /// </summary>
     /// <returns>None, or the first feature whose gradient sums or input gradient are not finite, and why.</returns>
-    public StepFault Backward(BackwardStrategy strategy, NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient)
+    public StepFault Backward<T>(BackwardStrategy strategy, NormalizationCache cache, double[] scale, Matrix<T> dy, Matrix<T> dx, Span<double> scaleGradient, Span<double> shiftGradient)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
+        if (!ReadsInPlace<T>(strategy))
+        {
+            StepFault fault = Backward(strategy, Widened(cache), scale, Widened(dy), WideDx(dx), scaleGradient, shiftGradient);
+            Elements<T>.Narrow(DenseColumns.Data(_wideDx!), DenseColumns.Data(dx));
+            return fault;
+        }
+
         if (cache.Layout.ByRow)
         {
             return BackwardRows(strategy, cache, scale, dy, dx, scaleGradient, shiftGradient);
@@ -231,9 +258,17 @@ internal sealed class NormalizationEngine
     /// </summary>
     /// <returns>None, or the first feature that failed on this worker, and why. A worker whose own sums are not finite
     /// reports its feature; the others throw, naming it (see <see cref="StatisticsSynchronizer.AddUp"/>).</returns>
-    public StepFault BackwardSynchronized(
-        BackwardStrategy strategy, NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient, StatisticsSynchronizer synchronizer)
+    public StepFault BackwardSynchronized<T>(
+        BackwardStrategy strategy, NormalizationCache cache, double[] scale, Matrix<T> dy, Matrix<T> dx, Span<double> scaleGradient, Span<double> shiftGradient, StatisticsSynchronizer synchronizer)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
+        if (!ReadsInPlace<T>(strategy))
+        {
+            StepFault fault = BackwardSynchronized(strategy, Widened(cache), scale, Widened(dy), WideDx(dx), scaleGradient, shiftGradient, synchronizer);
+            Elements<T>.Narrow(DenseColumns.Data(_wideDx!), DenseColumns.Data(dx));
+            return fault;
+        }
+
         RunColumns(strategy, cache, scale, dy, dx, BackwardSteps.Sums);
         int bad = synchronizer.AddUp(_sums.AsSpan(0, cache.Layout.Count * strategy.SumCount), strategy.SumCount, cache.Layout.SegmentColumns);
         if (bad >= 0)
@@ -245,15 +280,51 @@ internal sealed class NormalizationEngine
         return StepFault.First(ParameterGradients(cache, strategy.SumCount, dy, scaleGradient, shiftGradient), dxFault);
     }
 
+    /// <summary>
+    /// Whether the strategy reads segments of element type T where they lie: every strategy reads double, and the
+    /// closed form reads float too. For any other strategy a float step is widened (exactly) into double scratch, and
+    /// its dx rounded back.
+    /// </summary>
+    private static bool ReadsInPlace<T>(BackwardStrategy strategy) => typeof(T) == typeof(double) || strategy is ClosedFormBackward;
+
+    /// <summary>dy widened into scratch that the engine keeps.</summary>
+    private Matrix<double> Widened<T>(Matrix<T> dy)
+        where T : unmanaged, IEquatable<T>, IFormattable
+    {
+        Matrix<double> wide = Scratch(ref _wideDy, dy.RowCount, dy.ColumnCount);
+        Elements<T>.Widen(DenseColumns.Data(dy), DenseColumns.Data(wide));
+        return wide;
+    }
+
+    /// <summary>The cache with x̂ widened, in a cache object that the engine keeps.</summary>
+    private NormalizationCache Widened(NormalizationCache cache) => cache.WidenInto(ref _wideCache);
+
+    /// <summary>Double scratch for dx, shaped as <paramref name="dx"/>.</summary>
+    private Matrix<double> WideDx<T>(Matrix<T> dx)
+        where T : unmanaged, IEquatable<T>, IFormattable
+        => Scratch(ref _wideDx, dx.RowCount, dx.ColumnCount);
+
+    private static Matrix<double> Scratch(ref Matrix<double>? scratch, int rows, int columns)
+    {
+        if (scratch is null || scratch.RowCount != rows || scratch.ColumnCount != columns)
+        {
+            scratch = Matrix<double>.Build.Dense(rows, columns);
+        }
+
+        return scratch;
+    }
+
     /// <returns>The first column whose input gradient came out non-finite, or none.</returns>
-    private StepFault RunColumns(BackwardStrategy strategy, NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, BackwardSteps steps)
+    private StepFault RunColumns<T>(BackwardStrategy strategy, NormalizationCache cache, double[] scale, Matrix<T> dy, Matrix<T> dx, BackwardSteps steps)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
         Buffer(ref _sums, cache.Layout.Count * strategy.SumCount);
-        _backward.Start(strategy, cache, scale, dy, dx, steps);
+        ColumnBackward<T> backward = BackwardOf<T>();
+        backward.Start(strategy, cache, scale, dy, dx, steps);
         try
         {
-            Runner.Run(_backward, cache.BatchSize, cache.Features, cache.ColumnBlocks);
-            StepFault fault = _backward.Fault;
+            Runner.Run(backward, cache.BatchSize, cache.Features, cache.ColumnBlocks);
+            StepFault fault = backward.Fault;
             if (!fault.Failed || cache.Layout.SegmentColumns == 1)
             {
                 return fault;
@@ -273,12 +344,13 @@ internal sealed class NormalizationEngine
         }
         finally
         {
-            _backward.Finish();
+            backward.Finish();
         }
     }
 
     /// <summary>dL/dγ′ and dL/dβ′ per column block (feature or channel): the first two sums of each of its segments, added in row-block order.</summary>
-    private StepFault ParameterGradients(NormalizationCache cache, int sumCount, Matrix<double> dy, Span<double> scaleGradient, Span<double> shiftGradient)
+    private StepFault ParameterGradients<T>(NormalizationCache cache, int sumCount, Matrix<T> dy, Span<double> scaleGradient, Span<double> shiftGradient)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
         int blocks = cache.RowBlocks, bad = -1;
         for (int j = 0; j < cache.ColumnBlocks; j++)
@@ -306,13 +378,14 @@ internal sealed class NormalizationEngine
     /// Row groups: dL/dγ and dL/dβ are column sums, since each feature has its own γ within a segment; then the strategy's
     /// vectorized pass over all rows, or each segment gathered into contiguous scratch.
     /// </summary>
-    private StepFault BackwardRows(BackwardStrategy strategy, NormalizationCache cache, double[] gamma, Matrix<double> dy, Matrix<double> dx, Span<double> gammaGradient, Span<double> betaGradient)
+    private StepFault BackwardRows<T>(BackwardStrategy strategy, NormalizationCache cache, double[] gamma, Matrix<T> dy, Matrix<T> dx, Span<double> gammaGradient, Span<double> betaGradient)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
         int n = cache.BatchSize, j = 0;
         if (n <= QuadKernels.MaxLength && QuadKernels.IsSupported)
         {
             // Four columns at a time, each summed as ColumnKernels.SumAndDot sums it.
-            ref double dy0 = ref MemoryMarshal.GetReference(DenseColumns.Data(dy)), xHat0 = ref MemoryMarshal.GetReference(cache.NormalizedInput);
+            ref T dy0 = ref MemoryMarshal.GetReference(DenseColumns.Data(dy)), xHat0 = ref MemoryMarshal.GetReference(cache.Normalized<T>());
             for (; j <= cache.Features - 4; j += 4)
             {
                 QuadKernels.SumAndDot(ref Unsafe.Add(ref dy0, j * n), ref Unsafe.Add(ref xHat0, j * n), n, out Vector256<double> sumDy, out Vector256<double> sumDyXHat);
@@ -328,14 +401,17 @@ internal sealed class NormalizationEngine
 
         for (; j < cache.Features; j++)
         {
-            (betaGradient[j], gammaGradient[j]) = ColumnKernels.SumAndDot(DenseColumns.Column(dy, j), cache.NormalizedColumn(j));
+            (betaGradient[j], gammaGradient[j]) = ColumnKernels.SumAndDot<T>(DenseColumns.Column(dy, j), cache.NormalizedColumnOf<T>(j));
             if (!double.IsFinite(betaGradient[j]) || !double.IsFinite(gammaGradient[j]))
             {
                 return SumsFault(j, 1, cache, dy);
             }
         }
 
-        if (strategy.TryBackwardRowGroups(cache, gamma, dy, dx, _lanes, out bool finite))
+        bool vectorized = typeof(T) == typeof(double)
+            ? strategy.TryBackwardRowGroups(cache, gamma, (Matrix<double>)(object)dy, (Matrix<double>)(object)dx, _lanes, out bool finite)
+            : ClosedFormBackward.BackwardRowGroupsOf(cache, gamma, dy, dx, _lanes, out finite);
+        if (vectorized)
         {
             return finite ? StepFault.None : FirstNonFiniteColumn(dx);
         }
@@ -344,8 +420,8 @@ internal sealed class NormalizationEngine
         int size = cache.SegmentColumns, sumCount = strategy.SumCount;
         Span<double> scratch = Buffer(ref _rowSegment, (3 * size) + sumCount);
         Span<double> g = scratch[..size], xHat = scratch.Slice(size, size), segmentDx = scratch.Slice(2 * size, size), sums = scratch.Slice(3 * size, sumCount);
-        ReadOnlySpan<double> dyData = DenseColumns.Data(dy), xHatData = cache.NormalizedInput;
-        Span<double> dxData = DenseColumns.Data(dx);
+        ReadOnlySpan<T> dyData = DenseColumns.Data(dy), xHatData = cache.Normalized<T>();
+        Span<T> dxData = DenseColumns.Data(dx);
         for (int group = 0; group < cache.ColumnBlocks; group++)
         {
             for (int i = 0; i < n; i++)
@@ -353,8 +429,8 @@ internal sealed class NormalizationEngine
                 for (int k = 0; k < size; k++)
                 {
                     int column = (group * size) + k;
-                    g[k] = gamma[column] * dyData[(column * n) + i];
-                    xHat[k] = xHatData[(column * n) + i];
+                    g[k] = gamma[column] * Elements<T>.ToDouble(dyData[(column * n) + i]);
+                    xHat[k] = Elements<T>.ToDouble(xHatData[(column * n) + i]);
                 }
 
                 int s = (group * n) + i;
@@ -367,7 +443,7 @@ internal sealed class NormalizationEngine
 
                 for (int k = 0; k < size; k++)
                 {
-                    dxData[(((group * size) + k) * n) + i] = segmentDx[k];
+                    dxData[(((group * size) + k) * n) + i] = Elements<T>.FromDouble(segmentDx[k]);
                 }
             }
         }
@@ -375,7 +451,8 @@ internal sealed class NormalizationEngine
         return StepFault.None;
     }
 
-    private static StepFault FirstNonFiniteColumn(Matrix<double> dx)
+    private static StepFault FirstNonFiniteColumn<T>(Matrix<T> dx)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
         for (int j = 0; j < dx.ColumnCount; j++)
         {
@@ -421,9 +498,10 @@ internal sealed class NormalizationEngine
     /// y in one fused pass. A column whose statistics are not finite is recorded and skipped; the caller throws for the
     /// first such column.
     /// </summary>
-    private sealed class ColumnForward(NormalizationEngine engine) : IColumnWork
+    private sealed class ColumnForward<T>(NormalizationEngine engine) : IColumnWork
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
-        private Matrix<double>? _x, _y;
+        private Matrix<T>? _x, _y;
         private NormalizationCache? _cache;
         private Vector<double>? _gamma, _beta;
         private ISegmentAffine? _affine;
@@ -432,7 +510,7 @@ internal sealed class NormalizationEngine
 
         public StepFault Fault => StepFault.Unpack(_fault);
 
-        public void Start(Matrix<double> x, Matrix<double> y, NormalizationCache cache, Vector<double> gamma, Vector<double> beta, ISegmentAffine? affine, bool given)
+        public void Start(Matrix<T> x, Matrix<T> y, NormalizationCache cache, Vector<double> gamma, Vector<double> beta, ISegmentAffine? affine, bool given)
         {
             (_x, _y, _cache, _gamma, _beta, _affine, _given) = (x, y, cache, gamma, beta, affine, given);
             _fault = int.MaxValue;
@@ -446,7 +524,7 @@ internal sealed class NormalizationEngine
             SegmentLayout layout = cache.Layout;
             int blocks = cache.RowBlocks, length = layout.SegmentLength;
             var step = new Segments(
-                DenseColumns.Data(_x!), DenseColumns.Data(cache.NormalizedMatrix), DenseColumns.Data(_y!), DenseColumns.Data(_gamma!), DenseColumns.Data(_beta!), cache, this);
+                DenseColumns.Data(_x!), cache.Normalized<T>(), DenseColumns.Data(_y!), DenseColumns.Data(_gamma!), DenseColumns.Data(_beta!), cache, this);
             Span<double> mean = cache.WritableMean, variance = cache.WritableVariance, inverseStd = cache.WritableInverseStd;
 
             // The range is of channels; segment k is block k mod blocks of channel k / blocks.
@@ -465,7 +543,7 @@ internal sealed class NormalizationEngine
             if (length <= QuadKernels.MaxLength && QuadKernels.IsSupported)
             {
                 // Short segments four at a time: their reductions and scalar arithmetic share vectors.
-                ref double x = ref MemoryMarshal.GetReference(step.X);
+                ref T x = ref MemoryMarshal.GetReference(step.X);
                 for (; k <= last - 4; k += 4)
                 {
                     Vector256<double> center, correction, segmentVariance;
@@ -498,20 +576,21 @@ internal sealed class NormalizationEngine
 
         /// <summary>The spans and settings of one Forward over a range of channels.</summary>
         private readonly ref struct Segments(
-            ReadOnlySpan<double> x, Span<double> xHat, Span<double> y, ReadOnlySpan<double> gamma, ReadOnlySpan<double> beta, NormalizationCache cache, ColumnForward forward)
+            ReadOnlySpan<T> x, Span<T> xHat, Span<T> y, ReadOnlySpan<double> gamma, ReadOnlySpan<double> beta, NormalizationCache cache, ColumnForward<T> forward)
         {
-            private readonly Span<double> _xHat = xHat, _y = y;
+            private readonly Span<T> _xHat = xHat, _y = y;
             private readonly ReadOnlySpan<double> _gamma = gamma, _beta = beta;
             private readonly int _length = cache.Layout.SegmentLength, _blocks = cache.RowBlocks;
             private readonly bool _stream = (long)cache.BatchSize * cache.Features >= ColumnKernels.StreamingThreshold;
 
-            public ReadOnlySpan<double> X { get; } = x;
+            public ReadOnlySpan<T> X { get; } = x;
 
             /// <summary>
             /// The statistics of segment k, whose values are <paramref name="values"/>: computed, or given; written into the
             /// cache (μ, σ², 1/√(σ² + ε)), the mean also returned in its two parts.
             /// </summary>
-            public void Statistics(int k, ReadOnlySpan<double> values, NormalizationEngine engine, bool given, out double center, out double correction)
+            public void Statistics<TValue>(int k, ReadOnlySpan<TValue> values, NormalizationEngine engine, bool given, out double center, out double correction)
+                where TValue : unmanaged
             {
                 Span<double> variance = cache.WritableVariance;
                 if (given)
@@ -561,7 +640,7 @@ internal sealed class NormalizationEngine
                 for (int s = 0; bad != 0 && s < 4; s++)
                 {
                     int j = (k + s) / _blocks, segment = at + (s * _length);
-                    if ((bad & (1 << s)) != 0 && OutputFault(j, _xHat.Slice(segment, _length), _y.Slice(segment, _length), _gamma[j], _beta[j]) is { Failed: true } fault)
+                    if ((bad & (1 << s)) != 0 && OutputFault<T>(j, _xHat.Slice(segment, _length), _y.Slice(segment, _length), _gamma[j], _beta[j]) is { Failed: true } fault)
                     {
                         Record(ref forward._fault, fault);
                     }
@@ -576,8 +655,8 @@ internal sealed class NormalizationEngine
                 => Normalize(k, X.Slice(k * _length, _length), center, correction, mean, variance, inverseStd, _xHat.Slice(k * _length, _length), _y.Slice(k * _length, _length));
 
             /// <summary>
-            /// Statistics, x̂ and y of segment k, which is not a contiguous run of the data: gathered into scratch, computed
-            /// there, and x̂ and y scattered back.
+            /// Statistics, x̂ and y of segment k, which is not a contiguous run of the data: gathered into scratch of
+            /// doubles (widened exactly), computed there, and x̂ and y scattered back (rounded to T once).
             /// </summary>
             public void NormalizeGathered(int k, NormalizationEngine engine, bool given)
             {
@@ -587,9 +666,14 @@ internal sealed class NormalizationEngine
                     Span<double> values = scratch.AsSpan(0, _length), xHat = scratch.AsSpan(_length, _length), y = scratch.AsSpan(2 * _length, _length);
                     cache.Layout.Gather(X, k, values);
                     Statistics(k, values, engine, given, out double center, out double correction);
-                    Normalize(k, values, center, correction, cache.Mean[k], cache.Variance[k], cache.InverseStandardDeviation[k], xHat, y);
+                    Normalize<double>(k, values, center, correction, cache.Mean[k], cache.Variance[k], cache.InverseStandardDeviation[k], xHat, y);
                     cache.Layout.Scatter(xHat, k, _xHat);
                     cache.Layout.Scatter(y, k, _y);
+                    if (!Elements<T>.AllFinite(y))
+                    {
+                        // Finite in double, but beyond the range of T once rounded.
+                        Record(ref forward._fault, new StepFault(k / _blocks, FaultCause.Output));
+                    }
                 }
                 finally
                 {
@@ -597,7 +681,8 @@ internal sealed class NormalizationEngine
                 }
             }
 
-            private void Normalize(int k, ReadOnlySpan<double> x, double center, double correction, double mean, double variance, double inverseStd, Span<double> xHat, Span<double> y)
+            private void Normalize<TValue>(int k, ReadOnlySpan<TValue> x, double center, double correction, double mean, double variance, double inverseStd, Span<TValue> xHat, Span<TValue> y)
+                where TValue : unmanaged
             {
                 int j = _blocks == 1 ? k : k / _blocks;
                 if (!double.IsFinite(mean) || !double.IsFinite(variance))
@@ -612,7 +697,7 @@ internal sealed class NormalizationEngine
                     ? QuadKernels.Normalize(ref MemoryMarshal.GetReference(x), _length, center, correction, inverseStd, scale, shift, ref MemoryMarshal.GetReference(xHat), ref MemoryMarshal.GetReference(y))
                     : ColumnKernels.Normalize(x, center, correction, inverseStd, scale, shift, xHat, y, _stream);
                 if (!finite
-                    && OutputFault(j, xHat, y, scale, shift) is { Failed: true } fault)
+                    && OutputFault<TValue>(j, xHat, y, scale, shift) is { Failed: true } fault)
                 {
                     Record(ref forward._fault, fault);
                 }
@@ -621,18 +706,19 @@ internal sealed class NormalizationEngine
     }
 
     /// <summary>One backward pass over a range of columns: per block, the strategy's sums, its input gradient, or both.</summary>
-    private sealed class ColumnBackward(NormalizationEngine engine) : IColumnWork
+    private sealed class ColumnBackward<T>(NormalizationEngine engine) : IColumnWork
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
         private BackwardStrategy? _strategy;
         private NormalizationCache? _cache;
         private double[]? _scale;
-        private Matrix<double>? _dy, _dx;
+        private Matrix<T>? _dy, _dx;
         private BackwardSteps _steps;
         private int _fault;
 
         public StepFault Fault => StepFault.Unpack(_fault);
 
-        public void Start(BackwardStrategy strategy, NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, BackwardSteps steps)
+        public void Start(BackwardStrategy strategy, NormalizationCache cache, double[] scale, Matrix<T> dy, Matrix<T> dx, BackwardSteps steps)
         {
             (_strategy, _cache, _scale, _dy, _dx, _steps) = (strategy, cache, scale, dy, dx, steps);
             _fault = int.MaxValue;
@@ -648,8 +734,8 @@ internal sealed class NormalizationEngine
             int blocks = cache.RowBlocks, length = layout.SegmentLength, sumCount = strategy.SumCount;
             bool stream = (long)cache.BatchSize * cache.Features >= ColumnKernels.StreamingThreshold;
             ReadOnlySpan<double> inverseStd = cache.InverseStandardDeviation;
-            Span<double> dyData = DenseColumns.Data(_dy!), dxData = DenseColumns.Data(_dx!);
-            ReadOnlySpan<double> xHatData = cache.NormalizedInput;
+            Span<T> dyData = DenseColumns.Data(_dy!), dxData = DenseColumns.Data(_dx!);
+            ReadOnlySpan<T> xHatData = cache.Normalized<T>();
 
             // The range is of channels; segment k is block k mod blocks of channel k / blocks.
             int k = start * blocks, last = end * blocks;
@@ -665,8 +751,12 @@ internal sealed class NormalizationEngine
                     {
                         layout.Gather(dyData, k, dy);
                         layout.Gather(xHatData, k, xHat);
-                        Segment(strategy, cache, k, dy, xHat, dx, stream);
+                        Segment<double>(strategy, cache, k, dy, xHat, dx, stream);
                         layout.Scatter(dx, k, dxData);
+                        if (!Elements<T>.AllFinite(dx))
+                        {
+                            Record(ref _fault, new StepFault(k / blocks, FaultCause.InputGradient));
+                        }
                     }
                 }
                 finally
@@ -680,9 +770,9 @@ internal sealed class NormalizationEngine
             if (_steps == BackwardSteps.Both && length <= QuadKernels.MaxLength && QuadKernels.IsSupported)
             {
                 // Short segments four at a time, where the strategy has a pass for that; segment k lies at k·length.
-                ref double dy = ref MemoryMarshal.GetReference(dyData);
-                ref double xHat = ref MemoryMarshal.GetReference(xHatData);
-                ref double dx = ref MemoryMarshal.GetReference(dxData);
+                ref T dy = ref MemoryMarshal.GetReference(dyData);
+                ref T xHat = ref MemoryMarshal.GetReference(xHatData);
+                ref T dx = ref MemoryMarshal.GetReference(dxData);
                 double[] scale = _scale!;
                 for (; k <= last - 4; k += 4)
                 {
@@ -690,15 +780,20 @@ internal sealed class NormalizationEngine
                         ? Vector256.LoadUnsafe(ref scale[k])
                         : Vector256.Create(scale[k / blocks], scale[(k + 1) / blocks], scale[(k + 2) / blocks], scale[(k + 3) / blocks]);
                     int offset = k * length;
-                    int bad = strategy.QuadBackward(
-                        ref Unsafe.Add(ref dy, offset),
-                        ref Unsafe.Add(ref xHat, offset),
-                        length,
-                        gamma,
-                        Vector256.Create(inverseStd[k], inverseStd[k + 1], inverseStd[k + 2], inverseStd[k + 3]),
-                        cache.FrozenStatistics,
-                        engine._sums.AsSpan(k * sumCount, 4 * sumCount),
-                        ref Unsafe.Add(ref dx, offset));
+                    var segmentInverseStd = Vector256.Create(inverseStd[k], inverseStd[k + 1], inverseStd[k + 2], inverseStd[k + 3]);
+                    Span<double> sums = engine._sums.AsSpan(k * sumCount, 4 * sumCount);
+                    int bad = typeof(T) == typeof(double)
+                        ? strategy.QuadBackward(
+                            ref Unsafe.As<T, double>(ref Unsafe.Add(ref dy, offset)),
+                            ref Unsafe.As<T, double>(ref Unsafe.Add(ref xHat, offset)),
+                            length,
+                            gamma,
+                            segmentInverseStd,
+                            cache.FrozenStatistics,
+                            sums,
+                            ref Unsafe.As<T, double>(ref Unsafe.Add(ref dx, offset)))
+                        : ClosedFormBackward.QuadBackwardOf(
+                            ref Unsafe.Add(ref dy, offset), ref Unsafe.Add(ref xHat, offset), length, gamma, segmentInverseStd, cache.FrozenStatistics, sums, ref Unsafe.Add(ref dx, offset));
                     if (bad < 0)
                     {
                         break;
@@ -716,23 +811,48 @@ internal sealed class NormalizationEngine
 
             for (; k < last; k++)
             {
-                Segment(strategy, cache, k, dyData.Slice(k * length, length), xHatData.Slice(k * length, length), dxData.Slice(k * length, length), stream);
+                Segment<T>(strategy, cache, k, dyData.Slice(k * length, length), xHatData.Slice(k * length, length), dxData.Slice(k * length, length), stream);
             }
         }
 
-        /// <summary>The strategy's steps on segment k, whose dy and x̂ are given as contiguous runs; dx goes to <paramref name="dx"/>.</summary>
-        private void Segment(BackwardStrategy strategy, NormalizationCache cache, int k, ReadOnlySpan<double> dy, ReadOnlySpan<double> xHat, Span<double> dx, bool stream)
+        /// <summary>
+        /// The strategy's steps on segment k, whose dy and x̂ are given as contiguous runs; dx goes to <paramref name="dx"/>.
+        /// A segment of doubles goes to the strategy; one of floats to the closed form's kernels, which read floats (see
+        /// <see cref="ReadsInPlace{T}"/>).
+        /// </summary>
+        private void Segment<TValue>(BackwardStrategy strategy, NormalizationCache cache, int k, ReadOnlySpan<TValue> dy, ReadOnlySpan<TValue> xHat, Span<TValue> dx, bool stream)
+            where TValue : unmanaged
         {
             int j = k / cache.RowBlocks, sumCount = strategy.SumCount;
-            var segment = new BackwardSegment(
-                dy, xHat, _scale![j], cache.Variance[k], cache.InverseStandardDeviation[k], cache.Epsilon, cache.FrozenStatistics, cache.SegmentValues, cache.SegmentOffset, stream, centered: true);
             Span<double> sums = engine._sums.AsSpan(k * sumCount, sumCount);
-            if ((_steps & BackwardSteps.Sums) != 0)
+            bool sumsStep = (_steps & BackwardSteps.Sums) != 0, inputGradientStep = (_steps & BackwardSteps.InputGradient) != 0;
+            bool finite = true;
+            if (typeof(TValue) == typeof(double))
             {
-                strategy.SumsUnchecked(segment, sums, dx);
+                var segment = new BackwardSegment(
+                    MemoryMarshal.Cast<TValue, double>(dy), MemoryMarshal.Cast<TValue, double>(xHat), _scale![j], cache.Variance[k], cache.InverseStandardDeviation[k], cache.Epsilon, cache.FrozenStatistics, cache.SegmentValues, cache.SegmentOffset, stream, centered: true);
+                Span<double> segmentDx = MemoryMarshal.Cast<TValue, double>(dx);
+                if (sumsStep)
+                {
+                    strategy.SumsUnchecked(segment, sums, segmentDx);
+                }
+
+                finite = !inputGradientStep || strategy.InputGradientFinite(segment, sums, segmentDx);
+            }
+            else
+            {
+                // The segment's numbers without its spans, which the closed form reads in their element type.
+                var segment = new BackwardSegment(
+                    [], [], _scale![j], cache.Variance[k], cache.InverseStandardDeviation[k], cache.Epsilon, cache.FrozenStatistics, cache.SegmentValues, cache.SegmentOffset, stream, centered: true);
+                if (sumsStep)
+                {
+                    ClosedFormBackward.SumsOf(segment, dy, xHat, sums);
+                }
+
+                finite = !inputGradientStep || ClosedFormBackward.InputGradientOf(segment, dy, xHat, sums, dx);
             }
 
-            if ((_steps & BackwardSteps.InputGradient) != 0 && !strategy.InputGradientFinite(segment, sums, dx))
+            if (!finite)
             {
                 Record(ref _fault, new StepFault(j, FaultCause.InputGradient));
             }

@@ -74,23 +74,26 @@ internal readonly record struct SegmentLayout
     public static SegmentLayout RowGroupsOf(int rows, int columns, int groups) => new(rows, columns, rows, groups, byRow: true);
 
     /// <summary>
-    /// Copies column-block segment k out of the column-major data into one contiguous run (<paramref name="into"/>, of
-    /// <see cref="SegmentLength"/> values): its S column pieces of <see cref="SegmentRows"/> values, in column order.
+    /// Copies column-block segment k out of the column-major data into one contiguous run of doubles (<paramref name="into"/>,
+    /// of <see cref="SegmentLength"/> values, widened exactly): its S column pieces of <see cref="SegmentRows"/> values, in
+    /// column order. Also serves to widen a contiguous segment of float data for code that reads doubles.
     /// </summary>
-    public void Gather(ReadOnlySpan<double> data, int k, Span<double> into)
+    public void Gather<T>(ReadOnlySpan<T> data, int k, Span<double> into)
+        where T : unmanaged
     {
         for (int s = 0; s < SegmentColumns; s++)
         {
-            data.Slice(PieceOffset(k, s), SegmentRows).CopyTo(into.Slice(s * SegmentRows, SegmentRows));
+            Elements<T>.Widen(data.Slice(PieceOffset(k, s), SegmentRows), into.Slice(s * SegmentRows, SegmentRows));
         }
     }
 
-    /// <summary>The inverse of <see cref="Gather"/>: writes a contiguous run back into segment k's place in the data.</summary>
-    public void Scatter(ReadOnlySpan<double> from, int k, Span<double> data)
+    /// <summary>The inverse of <see cref="Gather{T}"/>: writes a contiguous run back into segment k's place in the data, each value rounded to T.</summary>
+    public void Scatter<T>(ReadOnlySpan<double> from, int k, Span<T> data)
+        where T : unmanaged
     {
         for (int s = 0; s < SegmentColumns; s++)
         {
-            from.Slice(s * SegmentRows, SegmentRows).CopyTo(data.Slice(PieceOffset(k, s), SegmentRows));
+            Elements<T>.Narrow(from.Slice(s * SegmentRows, SegmentRows), data.Slice(PieceOffset(k, s), SegmentRows));
         }
     }
 

@@ -90,18 +90,32 @@ public static class PyTorchState
     /// <returns>The file's bytes.</returns>
     /// <exception cref="ArgumentNullException">An argument is null.</exception>
     /// <exception cref="ArgumentException">The layer has no PyTorch counterpart (<see cref="BatchRenormLayer"/>, or a type of your own).</exception>
-    /// <exception cref="InvalidOperationException">The layer holds a value that an import would refuse (as for <see cref="NormalizationLayer.ExportState"/>); the message names the tensor and index.</exception>
-    public static byte[] ExportSafetensors(NormalizationLayer layer, string prefix = "")
-        => ExportSafetensors([new KeyValuePair<string, NormalizationLayer>(prefix, layer)]);
+    /// <param name="singlePrecision">Write F32 tensors, each value rounded to float once, as a float32 PyTorch module
+    /// keeps them; by default F64, exactly.</param>
+    /// <exception cref="InvalidOperationException">The layer holds a value that an import would refuse (as for
+    /// <see cref="NormalizationLayer.ExportState"/>), or with <paramref name="singlePrecision"/> one beyond the range of
+    /// float; the message names the tensor and index.</exception>
+    public static byte[] ExportSafetensors(NormalizationLayer layer, string prefix = "", bool singlePrecision = false)
+        => ExportSafetensors([new KeyValuePair<string, NormalizationLayer>(prefix, layer)], singlePrecision);
 
-    /// <summary>Writes several layers' state into one safetensors file, each in PyTorch's names under its prefix.</summary>
+    /// <summary>Writes several layers' state into one safetensors file of F64 tensors, each in PyTorch's names under its prefix.</summary>
     /// <param name="layers">Prefix and layer pairs, such as a <c>Dictionary&lt;string, NormalizationLayer&gt;</c> { ["bn1."] = bn1, ["gn."] = gn }.</param>
-    /// <returns>The file's bytes: F64 tensors (and I64 <c>num_batches_tracked</c>) in order of name, and the metadata
-    /// <c>format: pt</c> and, for each prefix, <c>module:</c> + prefix with the PyTorch module's constructor call.</returns>
+    /// <returns>The file's bytes, as <see cref="ExportSafetensors(IEnumerable{KeyValuePair{string, NormalizationLayer}}, bool)"/> writes them in double precision.</returns>
     /// <exception cref="ArgumentNullException">An argument, a prefix or a layer is null.</exception>
     /// <exception cref="ArgumentException">A layer has no PyTorch counterpart, or two layers would write the same name.</exception>
     /// <exception cref="InvalidOperationException">A layer holds a value that an import would refuse; the message names the tensor and index.</exception>
-    public static byte[] ExportSafetensors(IEnumerable<KeyValuePair<string, NormalizationLayer>> layers)
+    public static byte[] ExportSafetensors(IEnumerable<KeyValuePair<string, NormalizationLayer>> layers) => ExportSafetensors(layers, singlePrecision: false);
+
+    /// <summary>Writes several layers' state into one safetensors file, each in PyTorch's names under its prefix.</summary>
+    /// <param name="layers">Prefix and layer pairs, such as a <c>Dictionary&lt;string, NormalizationLayer&gt;</c> { ["bn1."] = bn1, ["gn."] = gn }.</param>
+    /// <param name="singlePrecision">Write F32 tensors, each value rounded to float once; by default F64, exactly.</param>
+    /// <returns>The file's bytes: F64 (or F32) tensors (and I64 <c>num_batches_tracked</c>) in order of name, and the metadata
+    /// <c>format: pt</c> and, for each prefix, <c>module:</c> + prefix with the PyTorch module's constructor call.</returns>
+    /// <exception cref="ArgumentNullException">An argument, a prefix or a layer is null.</exception>
+    /// <exception cref="ArgumentException">A layer has no PyTorch counterpart, or two layers would write the same name.</exception>
+    /// <exception cref="InvalidOperationException">A layer holds a value that an import would refuse, or with
+    /// <paramref name="singlePrecision"/> one beyond the range of float; the message names the tensor and index.</exception>
+    public static byte[] ExportSafetensors(IEnumerable<KeyValuePair<string, NormalizationLayer>> layers, bool singlePrecision)
     {
         Guard.NotNull(layers, nameof(layers));
         var tensors = new List<Safetensors.Tensor>();
@@ -119,7 +133,7 @@ public static class PyTorchState
                 }
                 else if (!t.IsCount && fields.TryGetVector(t.Field, out double[]? values))
                 {
-                    tensors.Add(Safetensors.Tensor.Float64(key, [values.Length], values));
+                    tensors.Add(singlePrecision ? Float32(key, values) : Safetensors.Tensor.Float64(key, [values.Length], values));
                 }
             }
 
@@ -185,6 +199,19 @@ public static class PyTorchState
         {
             layer.CommitImport(apply);
         }
+    }
+
+    /// <summary>An F32 tensor of the values rounded to float, each checked to stay finite.</summary>
+    private static Safetensors.Tensor Float32(string key, double[] values)
+    {
+        int at = Array.FindIndex(values, v => !float.IsFinite((float)v));
+        if (at >= 0)
+        {
+            throw new InvalidOperationException(string.Create(
+                CultureInfo.InvariantCulture, $"The tensor '{Safetensors.Quote(key)}' holds {values[at]:R} at index {at}, beyond the range of float: write it as F64."));
+        }
+
+        return Safetensors.Tensor.Float32(key, [values.Length], values);
     }
 
     /// <summary>The tensor <paramref name="key"/>, checked for its dtype (I64, or F64 or F32 when null) and shape.</summary>

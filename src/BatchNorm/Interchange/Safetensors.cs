@@ -378,6 +378,18 @@ internal static class Safetensors
             return new Tensor(name, "F64", shape, data);
         }
 
+        /// <summary>An F32 tensor of values that are floats already (the caller has rounded and checked them).</summary>
+        public static Tensor Float32(string name, long[] shape, double[] values)
+        {
+            byte[] data = new byte[values.Length * sizeof(float)];
+            for (int i = 0; i < values.Length; i++)
+            {
+                BinaryPrimitives.WriteSingleLittleEndian(data.AsSpan(i * sizeof(float)), (float)values[i]);
+            }
+
+            return new Tensor(name, "F32", shape, data);
+        }
+
         /// <summary>An I64 scalar, shape [].</summary>
         public static Tensor Int64Scalar(string name, long value)
         {

@@ -136,7 +136,7 @@ public sealed class BatchNormLayer : RunningStatisticsLayer
 
     private protected override int TrainingRowBlocks(int rows) => _virtualBatchSize is int g ? rows / g : 1;
 
-    private protected override void CheckRows(Matrix<double> input)
+    private protected override void CheckRows<T>(Matrix<T> input)
     {
         if (IsTraining && _virtualBatchSize is int g && input.RowCount % g != 0)
         {
@@ -148,7 +148,7 @@ public sealed class BatchNormLayer : RunningStatisticsLayer
         base.CheckRows(input);
     }
 
-    private protected override StepFault NormalizeTraining(Matrix<double> x, Matrix<double> y, NormalizationCache next)
+    private protected override StepFault NormalizeTraining<T>(Matrix<T> x, Matrix<T> y, NormalizationCache next)
     {
         if (_synchronizer is not { } synchronizer)
         {
@@ -204,7 +204,7 @@ public sealed class BatchNormLayer : RunningStatisticsLayer
         };
     }
 
-    private protected override StepFault Differentiate(NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient)
+    private protected override StepFault Differentiate<T>(NormalizationCache cache, double[] scale, Matrix<T> dy, Matrix<T> dx, Span<double> scaleGradient, Span<double> shiftGradient)
     {
         if (!cache.Synchronized)
         {

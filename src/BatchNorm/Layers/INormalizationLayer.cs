@@ -60,6 +60,33 @@ public interface INormalizationLayer
     /// <param name="inputGradient">Receives dL/dx.</param>
     void Backward(Matrix<double> outputGradient, Matrix<double> inputGradient);
 
+    /// <summary>
+    /// Normalizes a mini-batch of floats and returns the result in a new matrix (single precision: the statistics and
+    /// every sum in double, each output rounded to float once; the parameters stay double).
+    /// </summary>
+    /// <param name="input">x, N×D.</param>
+    /// <returns>y, N×D.</returns>
+    /// <exception cref="NotSupportedException">The layer takes only doubles: the default for a layer of your own that does not implement it.</exception>
+    Matrix<float> Forward(Matrix<float> input) => throw SingleNotSupported();
+
+    /// <summary>Normalizes a mini-batch of floats into a matrix the caller owns, which may be the input itself.</summary>
+    /// <param name="input">x, N×D.</param>
+    /// <param name="output">Receives y, N×D.</param>
+    /// <exception cref="NotSupportedException">The layer takes only doubles.</exception>
+    void Forward(Matrix<float> input, Matrix<float> output) => throw SingleNotSupported();
+
+    /// <summary>Back-propagates dL/dy of floats through the last Forward, which was over floats; returns dL/dx in a new matrix and overwrites the parameter gradients.</summary>
+    /// <param name="outputGradient">dL/dy, of the last Forward's shape.</param>
+    /// <returns>dL/dx.</returns>
+    /// <exception cref="NotSupportedException">The layer takes only doubles.</exception>
+    Matrix<float> Backward(Matrix<float> outputGradient) => throw SingleNotSupported();
+
+    /// <summary>Back-propagates dL/dy of floats through the last Forward into a matrix the caller owns, which may be dL/dy itself.</summary>
+    /// <param name="outputGradient">dL/dy, of the last Forward's shape.</param>
+    /// <param name="inputGradient">Receives dL/dx.</param>
+    /// <exception cref="NotSupportedException">The layer takes only doubles.</exception>
+    void Backward(Matrix<float> outputGradient, Matrix<float> inputGradient) => throw SingleNotSupported();
+
     /// <summary>Sets the parameters to their initial values (γ = 1, β = 0).</summary>
     void ResetParameters();
 
@@ -71,4 +98,7 @@ public interface INormalizationLayer
     /// <param name="json">The JSON text.</param>
     /// <exception cref="FormatException">The text is not a valid state for this layer.</exception>
     void ImportState(string json);
+
+    private NotSupportedException SingleNotSupported()
+        => new($"{GetType().Name} takes only Matrix<double>: it does not implement the single-precision members of INormalizationLayer.");
 }

@@ -16,7 +16,7 @@ namespace BatchNorm;
 /// (<c>track_running_stats=False</c>), so training and inference are the same. With running statistics, a training
 /// Forward averages each channel's instance statistics over the batch into them, running_mean ← (1 − m)·running_mean +
 /// m·meanᵢ(μᵢ) and running_var ← (1 − m)·running_var + m·meanᵢ(σᵢ²)·S/(S − 1), and an inference Forward normalizes every
-/// sample's channel with them instead, a per-channel affine map (<see cref="RunningStatisticsLayer.FoldInto"/> works).
+/// sample's channel with them instead, a per-channel affine map (<see cref="RunningStatisticsLayer.FoldInto(Matrix{double}, Vector{double})"/> works).
 /// As in PyTorch, whose instance norm never counts <c>num_batches_tracked</c>, <see cref="RunningStatisticsLayer.BatchesTracked"/>
 /// stays at what was loaded (0 for a new layer), and momentum must be a number.</para>
 /// <para>Statistics of an instance need at least 2 positions (PyTorch refuses a single one the same way).</para>
@@ -55,7 +55,7 @@ public sealed class InstanceNormLayer : RunningStatisticsLayer
             ? SegmentLayout.RowGroupsOf(rows, Features, Channels)
             : SegmentLayout.ColumnBlocksOf(rows, Features, 1, Channels);
 
-    private protected override void CheckRows(Matrix<double> input)
+    private protected override void CheckRows<T>(Matrix<T> input)
     {
         if ((IsTraining || !TracksRunningStatistics) && SpatialSize < 2)
         {

@@ -32,7 +32,8 @@ public abstract class NormalizationLayer : INormalizationLayer
     private BackwardStrategy _backwardStrategy;
     private NormalizationCache? _cache, _spareCache;
     private int _busy;
-    private Matrix<double>? _inputScratch, _outputScratch, _outputGradientScratch, _inputGradientScratch;
+    private readonly StepScratch<double> _scratch = new();
+    private StepScratch<float>? _singleScratch;
     private double[]? _columnGamma, _columnBeta, _columnScale, _columnScaleGradient, _columnShiftGradient;
 
     /// <summary>Checks and stores what every layer has, with γ = 1 and β = 0.</summary>
@@ -183,23 +184,19 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// <exception cref="ArgumentException">The column count is not <see cref="Features"/>, the layer type's row rule is
     /// broken, or a segment holds NaN or infinity or overflows its statistics (the message names it).</exception>
     /// <remarks>Allocates the result, and the cache when the batch shape changes.</remarks>
-    public Matrix<double> Forward(Matrix<double> input)
-    {
-        using var call = new Call(this);
-        try
-        {
-            CheckInput(input);
-        }
-        catch (ArgumentException)
-        {
-            OnStepRejected(backwardOf: null);
-            throw;
-        }
+    public Matrix<double> Forward(Matrix<double> input) => ForwardNew(input);
 
-        Matrix<double> output = Matrix<double>.Build.Dense(input.RowCount, input.ColumnCount);
-        ForwardCore(input, output);
-        return output;
-    }
+    /// <summary>Normalizes a mini-batch and returns y in a new N×D matrix.</summary>
+    /// <param name="input">x, N×D.</param>
+    /// <returns>y, a new dense N×D matrix.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="input"/> is null.</exception>
+    /// <exception cref="ArgumentException">As for <see cref="Forward(Matrix{double})"/>, or y overflows the range of float (the message names the column).</exception>
+    /// <remarks>
+    /// Single precision: the statistics are computed in double from the exact values of <paramref name="input"/>, and
+    /// x̂ and y in double, each rounded to float once as it is stored. The cache holds x̂ in float; γ, β and the running
+    /// statistics stay double. Allocates the result, and the cache when the batch shape changes.
+    /// </remarks>
+    public Matrix<float> Forward(Matrix<float> input) => ForwardNew(input);
 
     /// <summary>Normalizes a mini-batch into <paramref name="output"/>.</summary>
     /// <param name="input">x, N×D.</param>
@@ -208,48 +205,36 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// <exception cref="ArgumentNullException">An argument is null.</exception>
     /// <exception cref="ArgumentException">As for <see cref="Forward(Matrix{double})"/>, or <paramref name="output"/>'s shape differs from <paramref name="input"/>'s.</exception>
     /// <remarks>Allocates nothing when both matrices are dense and the shape is that of the previous Forward.</remarks>
-    public void Forward(Matrix<double> input, Matrix<double> output)
-    {
-        using var call = new Call(this);
-        try
-        {
-            CheckInput(input);
-            Guard.NotNull(output, nameof(output));
-            Guard.SameShape(output, input.RowCount, input.ColumnCount, nameof(output), nameof(input));
-        }
-        catch (ArgumentException)
-        {
-            OnStepRejected(backwardOf: null);
-            throw;
-        }
+    public void Forward(Matrix<double> input, Matrix<double> output) => ForwardInto(input, output);
 
-        ForwardCore(input, output);
-    }
+    /// <summary>Normalizes a mini-batch of floats into <paramref name="output"/>, as <see cref="Forward(Matrix{float})"/>.</summary>
+    /// <param name="input">x, N×D.</param>
+    /// <param name="output">Receives y; N×D. It may be <paramref name="input"/> itself, and parts of it may have been
+    /// written when the call throws (the layer's own state is untouched).</param>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    /// <exception cref="ArgumentException">As for <see cref="Forward(Matrix{float})"/>, or <paramref name="output"/>'s shape differs from <paramref name="input"/>'s.</exception>
+    /// <remarks>Allocates nothing when both matrices are dense and the shape and precision are those of the previous Forward.</remarks>
+    public void Forward(Matrix<float> input, Matrix<float> output) => ForwardInto(input, output);
 
     /// <summary>Back-propagates dL/dy through the last Forward and returns dL/dx in a new matrix.</summary>
     /// <param name="outputGradient">dL/dy, of the shape of the last Forward's input.</param>
     /// <returns>dL/dx, a new dense N×D matrix. <see cref="GammaGradient"/> and <see cref="BetaGradient"/> are overwritten.</returns>
     /// <exception cref="ArgumentNullException"><paramref name="outputGradient"/> is null.</exception>
-    /// <exception cref="ArgumentException">The shape differs from the last Forward's, or a column holds NaN or infinity or overflows Σdy or Σdy·x̂ (the message names it).</exception>
+    /// <exception cref="ArgumentException">The shape differs from the last Forward's, or the last Forward was over floats,
+    /// or a column holds NaN or infinity or overflows Σdy or Σdy·x̂ (the message names it).</exception>
     /// <exception cref="InvalidOperationException">No Forward has run yet.</exception>
-    public Matrix<double> Backward(Matrix<double> outputGradient)
-    {
-        using var call = new Call(this);
-        NormalizationCache cache = _cache ?? throw NoForward();
-        try
-        {
-            CheckOutputGradient(cache, outputGradient);
-        }
-        catch (ArgumentException)
-        {
-            OnStepRejected(cache);
-            throw;
-        }
+    public Matrix<double> Backward(Matrix<double> outputGradient) => BackwardNew(outputGradient);
 
-        Matrix<double> inputGradient = Matrix<double>.Build.Dense(cache.BatchSize, cache.Features);
-        BackwardCore(cache, outputGradient, inputGradient);
-        return inputGradient;
-    }
+    /// <summary>Back-propagates dL/dy through the last Forward, which was over floats, and returns dL/dx in a new matrix.</summary>
+    /// <param name="outputGradient">dL/dy, of the shape of the last Forward's input.</param>
+    /// <returns>dL/dx, a new dense N×D matrix of floats. <see cref="GammaGradient"/> and <see cref="BetaGradient"/> (doubles) are overwritten.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="outputGradient"/> is null.</exception>
+    /// <exception cref="ArgumentException">The shape differs from the last Forward's, or the last Forward was over doubles,
+    /// or a column holds NaN or infinity, overflows Σdy or Σdy·x̂, or its dx overflows the range of float (the message names it).</exception>
+    /// <exception cref="InvalidOperationException">No Forward has run yet.</exception>
+    /// <remarks>Every sum (Σdy, Σdy·x̂, and the strategy's own) is taken in double, and dx rounded to float once. The
+    /// closed form reads the floats in place; any other strategy gets the step widened to double (exactly).</remarks>
+    public Matrix<float> Backward(Matrix<float> outputGradient) => BackwardNew(outputGradient);
 
     /// <summary>Back-propagates dL/dy through the last Forward, writing dL/dx into <paramref name="inputGradient"/>.</summary>
     /// <param name="outputGradient">dL/dy, of the shape of the last Forward's input.</param>
@@ -259,24 +244,17 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// <exception cref="ArgumentException">As for <see cref="Backward(Matrix{double})"/>, or <paramref name="inputGradient"/> has another shape.</exception>
     /// <exception cref="InvalidOperationException">No Forward has run yet.</exception>
     /// <remarks>Allocates nothing when both matrices are dense.</remarks>
-    public void Backward(Matrix<double> outputGradient, Matrix<double> inputGradient)
-    {
-        using var call = new Call(this);
-        NormalizationCache cache = _cache ?? throw NoForward();
-        try
-        {
-            CheckOutputGradient(cache, outputGradient);
-            Guard.NotNull(inputGradient, nameof(inputGradient));
-            Guard.SameShape(inputGradient, cache.BatchSize, cache.Features, nameof(inputGradient), nameof(outputGradient));
-        }
-        catch (ArgumentException)
-        {
-            OnStepRejected(cache);
-            throw;
-        }
+    public void Backward(Matrix<double> outputGradient, Matrix<double> inputGradient) => BackwardInto(outputGradient, inputGradient);
 
-        BackwardCore(cache, outputGradient, inputGradient);
-    }
+    /// <summary>Back-propagates dL/dy of floats through the last Forward, writing dL/dx into <paramref name="inputGradient"/>, as <see cref="Backward(Matrix{float})"/>.</summary>
+    /// <param name="outputGradient">dL/dy, of the shape of the last Forward's input.</param>
+    /// <param name="inputGradient">Receives dL/dx; same shape. It may be <paramref name="outputGradient"/> itself, and its
+    /// contents are unspecified when the call throws (the layer's own state is untouched).</param>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    /// <exception cref="ArgumentException">As for <see cref="Backward(Matrix{float})"/>, or <paramref name="inputGradient"/> has another shape.</exception>
+    /// <exception cref="InvalidOperationException">No Forward has run yet.</exception>
+    /// <remarks>Allocates nothing when both matrices are dense and the closed form is the strategy.</remarks>
+    public void Backward(Matrix<float> outputGradient, Matrix<float> inputGradient) => BackwardInto(outputGradient, inputGradient);
 
     /// <summary>Writes the layer's state as JSON: its type, a format version, its settings, γ, β and (where it has them) the running statistics.</summary>
     /// <returns>The JSON text.</returns>
@@ -327,7 +305,8 @@ public abstract class NormalizationLayer : INormalizationLayer
     private protected abstract SegmentLayout Layout(int rows);
 
     /// <summary>Checks the layer type's rules for an input whose column count is right (for example a minimum row count).</summary>
-    private protected virtual void CheckRows(Matrix<double> input)
+    private protected virtual void CheckRows<T>(Matrix<T> input)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
     }
 
@@ -335,13 +314,15 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// Computes the statistics, x̂ and y of a step into <paramref name="next"/> and <paramref name="y"/>, with the engine:
     /// by default each segment with its own statistics. Returns what went wrong, if anything.
     /// </summary>
-    private protected virtual StepFault Normalize(Matrix<double> x, Matrix<double> y, NormalizationCache next)
+    private protected virtual StepFault Normalize<T>(Matrix<T> x, Matrix<T> y, NormalizationCache next)
+        where T : unmanaged, IEquatable<T>, IFormattable
         => next.Layout.ByRow
             ? NormalizeRows(x, y, next)
             : _engine.ForwardColumns(x, y, next, Gamma, Beta, affine: null, given: false);
 
     /// <summary>A row-group Forward: each group of each row with its own statistics, γ and β spread over each channel's positions.</summary>
-    private protected StepFault NormalizeRows(Matrix<double> x, Matrix<double> y, NormalizationCache next)
+    private protected StepFault NormalizeRows<T>(Matrix<T> x, Matrix<T> y, NormalizationCache next)
+        where T : unmanaged, IEquatable<T>, IFormattable
         => _engine.ForwardRows(x, y, next, PerColumn(Gamma, ref _columnGamma), PerColumn(Beta, ref _columnBeta));
 
     /// <summary>Whether the layer subtracts the mean; RMS norm does not.</summary>
@@ -389,7 +370,8 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// Runs the backward pass with the engine: dL/dx, and dL/dγ′ and dL/dβ′ of the affine map y = γ′·x̂ + β′ that the
     /// Forward applied. Returns what went wrong, if anything.
     /// </summary>
-    private protected virtual StepFault Differentiate(NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient)
+    private protected virtual StepFault Differentiate<T>(NormalizationCache cache, double[] scale, Matrix<T> dy, Matrix<T> dx, Span<double> scaleGradient, Span<double> shiftGradient)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
         if (!cache.Layout.ByRow || SpatialSize == 1)
         {
@@ -502,7 +484,8 @@ public abstract class NormalizationLayer : INormalizationLayer
         return strategy;
     }
 
-    private void CheckInput(Matrix<double> input)
+    private void CheckInput<T>(Matrix<T> input)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
         Guard.NotNull(input, nameof(input));
         Guard.Columns(input, Features, nameof(input));
@@ -557,22 +540,109 @@ public abstract class NormalizationLayer : INormalizationLayer
         public void Dispose() => Volatile.Write(ref _layer._busy, 0);
     }
 
+    private Matrix<T> ForwardNew<T>(Matrix<T> input)
+        where T : unmanaged, IEquatable<T>, IFormattable
+    {
+        using var call = new Call(this);
+        try
+        {
+            CheckInput(input);
+        }
+        catch (ArgumentException)
+        {
+            OnStepRejected(backwardOf: null);
+            throw;
+        }
+
+        Matrix<T> output = Matrix<T>.Build.Dense(input.RowCount, input.ColumnCount);
+        ForwardCore(input, output);
+        return output;
+    }
+
+    private void ForwardInto<T>(Matrix<T> input, Matrix<T> output)
+        where T : unmanaged, IEquatable<T>, IFormattable
+    {
+        using var call = new Call(this);
+        try
+        {
+            CheckInput(input);
+            Guard.NotNull(output, nameof(output));
+            Guard.SameShape(output, input.RowCount, input.ColumnCount, nameof(output), nameof(input));
+        }
+        catch (ArgumentException)
+        {
+            OnStepRejected(backwardOf: null);
+            throw;
+        }
+
+        ForwardCore(input, output);
+    }
+
+    private Matrix<T> BackwardNew<T>(Matrix<T> outputGradient)
+        where T : unmanaged, IEquatable<T>, IFormattable
+    {
+        using var call = new Call(this);
+        NormalizationCache cache = _cache ?? throw NoForward();
+        try
+        {
+            CheckOutputGradient(cache, outputGradient);
+        }
+        catch (ArgumentException)
+        {
+            OnStepRejected(cache);
+            throw;
+        }
+
+        Matrix<T> inputGradient = Matrix<T>.Build.Dense(cache.BatchSize, cache.Features);
+        BackwardCore(cache, outputGradient, inputGradient);
+        return inputGradient;
+    }
+
+    private void BackwardInto<T>(Matrix<T> outputGradient, Matrix<T> inputGradient)
+        where T : unmanaged, IEquatable<T>, IFormattable
+    {
+        using var call = new Call(this);
+        NormalizationCache cache = _cache ?? throw NoForward();
+        try
+        {
+            CheckOutputGradient(cache, outputGradient);
+            Guard.NotNull(inputGradient, nameof(inputGradient));
+            Guard.SameShape(inputGradient, cache.BatchSize, cache.Features, nameof(inputGradient), nameof(outputGradient));
+        }
+        catch (ArgumentException)
+        {
+            OnStepRejected(cache);
+            throw;
+        }
+
+        BackwardCore(cache, outputGradient, inputGradient);
+    }
+
     private static InvalidOperationException NoForward() => new("Backward needs the cache of a Forward; call Forward first.");
 
-    private static void CheckOutputGradient(NormalizationCache cache, Matrix<double> outputGradient)
+    private static void CheckOutputGradient<T>(NormalizationCache cache, Matrix<T> outputGradient)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
         Guard.NotNull(outputGradient, nameof(outputGradient));
         Guard.SameShape(outputGradient, cache.BatchSize, cache.Features, nameof(outputGradient), "the last Forward's input");
+        if (!cache.Holds<T>())
+        {
+            (string forward, string backward) = cache.SinglePrecision ? ("float", "double") : ("double", "float");
+            throw new ArgumentException(
+                $"The last Forward was over Matrix<{forward}>, so its Backward takes Matrix<{forward}>, but outputGradient is a Matrix<{backward}>.", nameof(outputGradient));
+        }
     }
 
-    private void ForwardCore(Matrix<double> input, Matrix<double> output)
+    private void ForwardCore<T>(Matrix<T> input, Matrix<T> output)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
-        Matrix<double> x = DenseColumns.AsDense(input, ref _inputScratch);
-        Matrix<double> y = DenseColumns.DenseTarget(output, ref _outputScratch);
+        StepScratch<T> scratch = Scratch<T>();
+        Matrix<T> x = DenseColumns.AsDense(input, ref scratch.Input);
+        Matrix<T> y = DenseColumns.DenseTarget(output, ref scratch.Output);
 
         // The step is written into the spare cache; the current one stays as it was until the step has succeeded.
         SegmentLayout layout = Layout(input.RowCount);
-        NormalizationCache next = _spareCache is { } spare && spare.Layout == layout ? spare : new NormalizationCache(layout);
+        NormalizationCache next = _spareCache is { } spare && spare.Layout == layout && spare.Holds<T>() ? spare : NormalizationCache.Create<T>(layout);
         next.IsTraining = IsTraining;
         next.Epsilon = Epsilon;
         next.FrozenStatistics = false;
@@ -598,10 +668,12 @@ public abstract class NormalizationLayer : INormalizationLayer
         OnForwardCommitted(next);
     }
 
-    private void BackwardCore(NormalizationCache cache, Matrix<double> outputGradient, Matrix<double> inputGradient)
+    private void BackwardCore<T>(NormalizationCache cache, Matrix<T> outputGradient, Matrix<T> inputGradient)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
-        Matrix<double> dy = DenseColumns.AsDense(outputGradient, ref _outputGradientScratch);
-        Matrix<double> dx = DenseColumns.DenseTarget(inputGradient, ref _inputGradientScratch);
+        StepScratch<T> scratch = Scratch<T>();
+        Matrix<T> dy = DenseColumns.AsDense(outputGradient, ref scratch.OutputGradient);
+        Matrix<T> dx = DenseColumns.DenseTarget(inputGradient, ref scratch.InputGradient);
         BackwardScale(_scale);
         StepFault fault = Differentiate(cache, _scale, dy, dx, _scaleGradient, _shiftGradient);
         if (fault.Failed)
@@ -619,5 +691,20 @@ public abstract class NormalizationLayer : INormalizationLayer
                 _shiftGradient.CopyTo(DenseColumns.Data(BetaGradient));
             }
         }
+    }
+
+    /// <summary>The dense scratch matrices of this layer's steps in element type T.</summary>
+    private StepScratch<T> Scratch<T>()
+        where T : unmanaged, IEquatable<T>, IFormattable
+        => typeof(T) == typeof(double) ? (StepScratch<T>)(object)_scratch : (StepScratch<T>)(object)(_singleScratch ??= new StepScratch<float>());
+
+    /// <summary>Dense copies of arguments that are not dense, kept from step to step.</summary>
+    private sealed class StepScratch<T>
+        where T : unmanaged, IEquatable<T>, IFormattable
+    {
+        public Matrix<T>? Input;
+        public Matrix<T>? Output;
+        public Matrix<T>? OutputGradient;
+        public Matrix<T>? InputGradient;
     }
 }

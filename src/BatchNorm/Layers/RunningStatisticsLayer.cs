@@ -45,7 +45,7 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
     /// Gets whether the layer keeps running statistics (PyTorch's <c>track_running_stats</c>, true by default). When
     /// false, inference normalizes with the batch's own statistics as training does, nothing is averaged into
     /// <see cref="RunningMean"/> and <see cref="RunningVariance"/> (they stay 0 and 1 and are not saved), and
-    /// <see cref="FoldInto"/> refuses: inference is then no fixed affine map.
+    /// <see cref="FoldInto(Matrix{double}, Vector{double})"/> refuses: inference is then no fixed affine map.
     /// </summary>
     public bool TracksRunningStatistics { get; }
 
@@ -119,6 +119,24 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
     }
 
     /// <summary>Puts back a batch count saved earlier, for helpers that must leave the layer as they found it.</summary>
+    /// <summary>
+    /// Folds the inference map into a float Linear layer's weights and bias, as <see cref="FoldInto(Matrix{double}, Vector{double})"/>
+    /// does: computed in double from the exact values, each result rounded to float once.
+    /// </summary>
+    /// <param name="weights">The preceding Linear layer's weights, M×D as <c>x·W + b</c>: column j feeds feature j.</param>
+    /// <param name="bias">Its bias, D elements.</param>
+    /// <returns>New float weights and bias.</returns>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    /// <exception cref="ArgumentException">The weights do not have <see cref="NormalizationLayer.Features"/> columns or the bias that many elements.</exception>
+    /// <exception cref="InvalidOperationException">The layer keeps no running statistics.</exception>
+    public (Matrix<float> Weights, Vector<float> Bias) FoldInto(Matrix<float> weights, Vector<float> bias)
+    {
+        Guard.NotNull(weights, nameof(weights));
+        Guard.NotNull(bias, nameof(bias));
+        (Matrix<double> foldedWeights, Vector<double> foldedBias) = FoldInto(weights.Map(v => (double)v), bias.Map(v => (double)v));
+        return (foldedWeights.Map(v => (float)v), foldedBias.Map(v => (float)v));
+    }
+
     internal void RestoreBatchesTracked(long batches) => BatchesTracked = batches;
 
     /// <summary>Whether a training batch may have fewer than 2 rows (synchronized workers, where the total counts).</summary>
@@ -132,7 +150,7 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
 
     private protected override SegmentLayout Layout(int rows) => SegmentLayout.ColumnBlocksOf(rows, Features, IsTraining ? TrainingRowBlocks(rows) : 1, Channels);
 
-    private protected override void CheckRows(Matrix<double> input)
+    private protected override void CheckRows<T>(Matrix<T> input)
     {
         bool batchStatistics = IsTraining || !TracksRunningStatistics;
         if (batchStatistics && (long)input.RowCount * SpatialSize < 2 && !(IsTraining && AcceptsFewerThanTwoRows))
@@ -146,7 +164,7 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
         }
     }
 
-    private protected override StepFault Normalize(Matrix<double> x, Matrix<double> y, NormalizationCache next)
+    private protected override StepFault Normalize<T>(Matrix<T> x, Matrix<T> y, NormalizationCache next)
     {
         // The running statistics are public vectors, so they are checked here rather than trusted: inference divides by
         // them, and training averages into them.
@@ -186,7 +204,8 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
     }
 
     /// <summary>A training Forward: by default each segment with its own statistics, computed by the engine.</summary>
-    private protected virtual StepFault NormalizeTraining(Matrix<double> x, Matrix<double> y, NormalizationCache next)
+    private protected virtual StepFault NormalizeTraining<T>(Matrix<T> x, Matrix<T> y, NormalizationCache next)
+        where T : unmanaged, IEquatable<T>, IFormattable
         => Engine.ForwardColumns(x, y, next, Gamma, Beta, TrainingAffine, given: false);
 
     /// <summary>
