@@ -9,10 +9,11 @@ using Perfolizer.Horology;
 // Results land in BenchmarkDotNet.Artifacts/results; the committed copies are in benchmarks/results.
 // With the argument "ratios" it prints the same-process ratio table instead (see SameRunRatios), of every shape or of
 // the shapes that follow, as in "ratios 32x128 64x128".
-// With "kernels" it prints the float-to-double time ratios of the column kernels (see KernelPrecisionRatios).
-if (args is ["kernels", ..])
+// With "precision" it prints single against double precision: the layers' training steps and the column kernels (see
+// PrecisionRatios), of 32x128, 4096x512 and 32768x64 or of the shapes that follow.
+if (args is ["precision", ..])
 {
-    System.Console.WriteLine(BatchNorm.Benchmarks.KernelPrecisionRatios.Run(shapes: args[1..]));
+    System.Console.WriteLine(BatchNorm.Benchmarks.PrecisionRatios.Run(shapes: args[1..]));
     return;
 }
 
