@@ -136,23 +136,23 @@ public sealed class BatchNormLayer : RunningStatisticsLayer
 
     private protected override int TrainingRowBlocks(int rows) => _virtualBatchSize is int g ? rows / g : 1;
 
-    private protected override void CheckRows<T>(Matrix<T> input)
-    {
-        if (IsTraining && _virtualBatchSize is int g && input.RowCount % g != 0)
-        {
-            throw new ArgumentException(
-                string.Create(CultureInfo.InvariantCulture, $"input is {Guard.Shape(input)}, but with VirtualBatchSize = {g} the number of rows must be a multiple of {g}."),
-                nameof(input));
-        }
+    private protected override string? RowRuleBroken(int rows, int columns)
+        => IsTraining && _virtualBatchSize is int g && rows % g != 0
+            ? string.Create(CultureInfo.InvariantCulture, $"input is {Guard.Shape(rows, columns)}, but with VirtualBatchSize = {g} the number of rows must be a multiple of {g}.")
+            : base.RowRuleBroken(rows, columns);
 
-        base.CheckRows(input);
-    }
+    private protected override StepFault NormalizeTraining(Matrix<double> x, Matrix<double> y, NormalizationCache next) => NormalizeTrainingSynchronized(x, y, next);
 
-    private protected override StepFault NormalizeTraining<T>(Matrix<T> x, Matrix<T> y, NormalizationCache next)
+    /// <inheritdoc/>
+    private protected override StepFault NormalizeTraining(Matrix<float> x, Matrix<float> y, NormalizationCache next) => NormalizeTrainingSynchronized(x, y, next);
+
+    /// <summary>The batch's statistics: of this worker's rows, or merged with every worker's.</summary>
+    private StepFault NormalizeTrainingSynchronized<T>(Matrix<T> x, Matrix<T> y, NormalizationCache next)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
         if (_synchronizer is not { } synchronizer)
         {
-            return base.NormalizeTraining(x, y, next);
+            return NormalizeTrainingDefault(x, y, next);
         }
 
         // The statistics of all workers' rows: exchanged and merged, then used as given statistics.
@@ -204,11 +204,20 @@ public sealed class BatchNormLayer : RunningStatisticsLayer
         };
     }
 
-    private protected override StepFault Differentiate<T>(NormalizationCache cache, double[] scale, Matrix<T> dy, Matrix<T> dx, Span<double> scaleGradient, Span<double> shiftGradient)
+    private protected override StepFault Differentiate(NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient)
+        => DifferentiateSynchronized(cache, scale, dy, dx, scaleGradient, shiftGradient);
+
+    /// <inheritdoc/>
+    private protected override StepFault Differentiate(NormalizationCache cache, double[] scale, Matrix<float> dy, Matrix<float> dx, Span<double> scaleGradient, Span<double> shiftGradient)
+        => DifferentiateSynchronized(cache, scale, dy, dx, scaleGradient, shiftGradient);
+
+    /// <summary>This worker's backward pass, with the sums of every worker added up when the Forward was synchronized.</summary>
+    private StepFault DifferentiateSynchronized<T>(NormalizationCache cache, double[] scale, Matrix<T> dy, Matrix<T> dx, Span<double> scaleGradient, Span<double> shiftGradient)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
         if (!cache.Synchronized)
         {
-            return base.Differentiate(cache, scale, dy, dx, scaleGradient, shiftGradient);
+            return DifferentiateDefault(cache, scale, dy, dx, scaleGradient, shiftGradient);
         }
 
         StatisticsSynchronizer synchronizer = _synchronizer

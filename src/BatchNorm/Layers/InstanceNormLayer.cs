@@ -55,14 +55,10 @@ public sealed class InstanceNormLayer : RunningStatisticsLayer
             ? SegmentLayout.RowGroupsOf(rows, Features, Channels)
             : SegmentLayout.ColumnBlocksOf(rows, Features, 1, Channels);
 
-    private protected override void CheckRows<T>(Matrix<T> input)
-    {
-        if ((IsTraining || !TracksRunningStatistics) && SpatialSize < 2)
-        {
-            throw new ArgumentException(
-                string.Create(CultureInfo.InvariantCulture, $"Instance statistics need at least 2 positions per channel, but this layer has {SpatialSize}."), nameof(input));
-        }
-    }
+    private protected override string? RowRuleBroken(int rows, int columns)
+        => (IsTraining || !TracksRunningStatistics) && SpatialSize < 2
+            ? string.Create(CultureInfo.InvariantCulture, $"Instance statistics need at least 2 positions per channel, but this layer has {SpatialSize}.")
+            : null;
 
     /// <summary>
     /// The running statistics after a training step: each channel's instance means and unbiased variances averaged over

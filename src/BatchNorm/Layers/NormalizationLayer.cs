@@ -304,17 +304,20 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// <summary>How a batch of <paramref name="rows"/> rows is cut into segments in the current mode.</summary>
     private protected abstract SegmentLayout Layout(int rows);
 
-    /// <summary>Checks the layer type's rules for an input whose column count is right (for example a minimum row count).</summary>
-    private protected virtual void CheckRows<T>(Matrix<T> input)
-        where T : unmanaged, IEquatable<T>, IFormattable
-    {
-    }
+    /// <summary>Why an input whose column count is right breaks the layer type's rules (for example a minimum row count), or null.</summary>
+    private protected virtual string? RowRuleBroken(int rows, int columns) => null;
 
     /// <summary>
     /// Computes the statistics, x̂ and y of a step into <paramref name="next"/> and <paramref name="y"/>, with the engine:
     /// by default each segment with its own statistics. Returns what went wrong, if anything.
     /// </summary>
-    private protected virtual StepFault Normalize<T>(Matrix<T> x, Matrix<T> y, NormalizationCache next)
+    private protected virtual StepFault Normalize(Matrix<double> x, Matrix<double> y, NormalizationCache next) => NormalizeDefault(x, y, next);
+
+    /// <inheritdoc cref="Normalize(Matrix{double}, Matrix{double}, NormalizationCache)"/>
+    private protected virtual StepFault Normalize(Matrix<float> x, Matrix<float> y, NormalizationCache next) => NormalizeDefault(x, y, next);
+
+    /// <summary>What <see cref="Normalize(Matrix{double}, Matrix{double}, NormalizationCache)"/> does unless a layer type overrides it.</summary>
+    private protected StepFault NormalizeDefault<T>(Matrix<T> x, Matrix<T> y, NormalizationCache next)
         where T : unmanaged, IEquatable<T>, IFormattable
         => next.Layout.ByRow
             ? NormalizeRows(x, y, next)
@@ -370,7 +373,15 @@ public abstract class NormalizationLayer : INormalizationLayer
     /// Runs the backward pass with the engine: dL/dx, and dL/dγ′ and dL/dβ′ of the affine map y = γ′·x̂ + β′ that the
     /// Forward applied. Returns what went wrong, if anything.
     /// </summary>
-    private protected virtual StepFault Differentiate<T>(NormalizationCache cache, double[] scale, Matrix<T> dy, Matrix<T> dx, Span<double> scaleGradient, Span<double> shiftGradient)
+    private protected virtual StepFault Differentiate(NormalizationCache cache, double[] scale, Matrix<double> dy, Matrix<double> dx, Span<double> scaleGradient, Span<double> shiftGradient)
+        => DifferentiateDefault(cache, scale, dy, dx, scaleGradient, shiftGradient);
+
+    /// <inheritdoc cref="Differentiate(NormalizationCache, double[], Matrix{double}, Matrix{double}, Span{double}, Span{double})"/>
+    private protected virtual StepFault Differentiate(NormalizationCache cache, double[] scale, Matrix<float> dy, Matrix<float> dx, Span<double> scaleGradient, Span<double> shiftGradient)
+        => DifferentiateDefault(cache, scale, dy, dx, scaleGradient, shiftGradient);
+
+    /// <summary>What <see cref="Differentiate(NormalizationCache, double[], Matrix{double}, Matrix{double}, Span{double}, Span{double})"/> does unless a layer type overrides it.</summary>
+    private protected StepFault DifferentiateDefault<T>(NormalizationCache cache, double[] scale, Matrix<T> dy, Matrix<T> dx, Span<double> scaleGradient, Span<double> shiftGradient)
         where T : unmanaged, IEquatable<T>, IFormattable
     {
         if (!cache.Layout.ByRow || SpatialSize == 1)
@@ -489,7 +500,11 @@ public abstract class NormalizationLayer : INormalizationLayer
     {
         Guard.NotNull(input, nameof(input));
         Guard.Columns(input, Features, nameof(input));
-        CheckRows(input);
+        if (RowRuleBroken(input.RowCount, input.ColumnCount) is string broken)
+        {
+            throw new ArgumentException(broken, nameof(input));
+        }
+
         CheckFixedParameters();
     }
 
@@ -650,7 +665,9 @@ public abstract class NormalizationLayer : INormalizationLayer
         next.SegmentValues = layout.SegmentRows * layout.SegmentColumns;
         next.SegmentOffset = 0;
         next.Centered = Centered;
-        StepFault fault = Normalize(x, y, next);
+        StepFault fault = typeof(T) == typeof(double)
+            ? Normalize((Matrix<double>)(object)x, (Matrix<double>)(object)y, next)
+            : Normalize((Matrix<float>)(object)x, (Matrix<float>)(object)y, next);
         _spareCache = next;
         if (!fault.Failed)
         {
@@ -675,7 +692,9 @@ public abstract class NormalizationLayer : INormalizationLayer
         Matrix<T> dy = DenseColumns.AsDense(outputGradient, ref scratch.OutputGradient);
         Matrix<T> dx = DenseColumns.DenseTarget(inputGradient, ref scratch.InputGradient);
         BackwardScale(_scale);
-        StepFault fault = Differentiate(cache, _scale, dy, dx, _scaleGradient, _shiftGradient);
+        StepFault fault = typeof(T) == typeof(double)
+            ? Differentiate(cache, _scale, (Matrix<double>)(object)dy, (Matrix<double>)(object)dx, _scaleGradient, _shiftGradient)
+            : Differentiate(cache, _scale, (Matrix<float>)(object)dy, (Matrix<float>)(object)dx, _scaleGradient, _shiftGradient);
         if (fault.Failed)
         {
             throw fault.BackwardException(nameof(outputGradient), _backwardStrategy);

@@ -150,21 +150,28 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
 
     private protected override SegmentLayout Layout(int rows) => SegmentLayout.ColumnBlocksOf(rows, Features, IsTraining ? TrainingRowBlocks(rows) : 1, Channels);
 
-    private protected override void CheckRows<T>(Matrix<T> input)
+    private protected override string? RowRuleBroken(int rows, int columns)
     {
         bool batchStatistics = IsTraining || !TracksRunningStatistics;
-        if (batchStatistics && (long)input.RowCount * SpatialSize < 2 && !(IsTraining && AcceptsFewerThanTwoRows))
+        if (batchStatistics && (long)rows * SpatialSize < 2 && !(IsTraining && AcceptsFewerThanTwoRows))
         {
             string remedy = TracksRunningStatistics
                 ? "Set IsTraining = false to normalize single rows with the running statistics."
                 : "This layer keeps no running statistics, so inference needs them too.";
-            throw new ArgumentException(
-                $"Batch statistics need at least {(SpatialSize == 1 ? "2 rows" : "2 values per channel (rows times positions)")} to estimate a variance, but input is {Guard.Shape(input)}. {remedy}",
-                nameof(input));
+            return $"Batch statistics need at least {(SpatialSize == 1 ? "2 rows" : "2 values per channel (rows times positions)")} to estimate a variance, but input is {Guard.Shape(rows, columns)}. {remedy}";
         }
+
+        return null;
     }
 
-    private protected override StepFault Normalize<T>(Matrix<T> x, Matrix<T> y, NormalizationCache next)
+    private protected override StepFault Normalize(Matrix<double> x, Matrix<double> y, NormalizationCache next) => NormalizeRunning(x, y, next);
+
+    /// <inheritdoc/>
+    private protected override StepFault Normalize(Matrix<float> x, Matrix<float> y, NormalizationCache next) => NormalizeRunning(x, y, next);
+
+    /// <summary>Running statistics checked, then the batch's statistics (training) or the running ones (inference).</summary>
+    private StepFault NormalizeRunning<T>(Matrix<T> x, Matrix<T> y, NormalizationCache next)
+        where T : unmanaged, IEquatable<T>, IFormattable
     {
         // The running statistics are public vectors, so they are checked here rather than trusted: inference divides by
         // them, and training averages into them.
@@ -185,7 +192,9 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
 
         if (IsTraining)
         {
-            return NormalizeTraining(x, y, next);
+            return typeof(T) == typeof(double)
+                ? NormalizeTraining((Matrix<double>)(object)x, (Matrix<double>)(object)y, next)
+                : NormalizeTraining((Matrix<float>)(object)x, (Matrix<float>)(object)y, next);
         }
 
         if (!TracksRunningStatistics)
@@ -204,7 +213,13 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
     }
 
     /// <summary>A training Forward: by default each segment with its own statistics, computed by the engine.</summary>
-    private protected virtual StepFault NormalizeTraining<T>(Matrix<T> x, Matrix<T> y, NormalizationCache next)
+    private protected virtual StepFault NormalizeTraining(Matrix<double> x, Matrix<double> y, NormalizationCache next) => NormalizeTrainingDefault(x, y, next);
+
+    /// <inheritdoc cref="NormalizeTraining(Matrix{double}, Matrix{double}, NormalizationCache)"/>
+    private protected virtual StepFault NormalizeTraining(Matrix<float> x, Matrix<float> y, NormalizationCache next) => NormalizeTrainingDefault(x, y, next);
+
+    /// <summary>The batch's own statistics, through the layer's <see cref="TrainingAffine"/>.</summary>
+    private protected StepFault NormalizeTrainingDefault<T>(Matrix<T> x, Matrix<T> y, NormalizationCache next)
         where T : unmanaged, IEquatable<T>, IFormattable
         => Engine.ForwardColumns(x, y, next, Gamma, Beta, TrainingAffine, given: false);
 
