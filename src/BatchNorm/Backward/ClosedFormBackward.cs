@@ -41,6 +41,7 @@ internal sealed class ClosedFormBackward : BackwardStrategy
     /// The sums of a segment whose dy and x̂ are of element type T (a float segment carries its numbers in
     /// <paramref name="segment"/> and its values here).
     /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     internal static void SumsOf<T>(in BackwardSegment segment, ReadOnlySpan<T> dy, ReadOnlySpan<T> xHat, Span<double> sums)
         where T : unmanaged
     {
@@ -68,6 +69,7 @@ internal sealed class ClosedFormBackward : BackwardStrategy
         => InputGradientOf(segment, segment.OutputGradient, segment.NormalizedInput, sums, inputGradient);
 
     /// <summary>The input gradient of a segment whose dy, x̂ and dx are of element type T, and whether it is finite as stored.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     internal static bool InputGradientOf<T>(in BackwardSegment segment, ReadOnlySpan<T> dy, ReadOnlySpan<T> xHat, ReadOnlySpan<double> sums, Span<T> inputGradient)
         where T : unmanaged
     {
@@ -103,6 +105,8 @@ internal sealed class ClosedFormBackward : BackwardStrategy
         => QuadBackwardOf(ref outputGradient, ref normalizedInput, length, gamma, inverseStd, frozenStatistics, sums, ref inputGradient);
 
     /// <summary><see cref="QuadBackward"/> over values of element type T.</summary>
+    /// <remarks>Not inlined into the engine's loop, whose code it would swell past what the JIT allocates registers for well (the float step at 32×128 took 2.4 times as long).</remarks>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     internal static int QuadBackwardOf<T>(
         ref T outputGradient, ref T normalizedInput, int length, Vector256<double> gamma, Vector256<double> inverseStd, bool frozenStatistics, Span<double> sums, ref T inputGradient)
         where T : unmanaged
@@ -131,6 +135,7 @@ internal sealed class ClosedFormBackward : BackwardStrategy
         => BackwardRowGroupsOf(cache, gamma, dy, dx, scratch, out finite);
 
     /// <summary><see cref="TryBackwardRowGroups"/> over values of element type T.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     internal static bool BackwardRowGroupsOf<T>(NormalizationCache cache, ReadOnlySpan<double> gamma, Matrix<T> dy, Matrix<T> dx, LaneScratch scratch, out bool finite)
         where T : unmanaged, IEquatable<T>, IFormattable
     {
