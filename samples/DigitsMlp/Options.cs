@@ -30,6 +30,9 @@ public sealed record Options
     /// <summary>Gets whether to run the gradient check only.</summary>
     public bool Check { get; init; }
 
+    /// <summary>Gets the precisions to train in, each run of each: false for double, true for float.</summary>
+    public IReadOnlyList<bool> SinglePrecision { get; init; } = [false];
+
     /// <summary>Gets whether to print the staged pass's intermediate gradients for a small batch only.</summary>
     public bool Trace { get; init; }
 
@@ -79,6 +82,13 @@ public sealed record Options
             DefaultValueFactory = _ => ["batch", "none"],
         };
         norm.AcceptOnlyFromAmong([.. Normalization.All.Select(n => n.Key)]);
+        var precision = new Option<string[]>("--precision")
+        {
+            Description = "Precisions to train in, one or both (--precision double single): the network's weights and activations, and the normalization layers' data.",
+            AllowMultipleArgumentsPerToken = true,
+            DefaultValueFactory = _ => ["double"],
+        };
+        precision.AcceptOnlyFromAmong("double", "single");
         var output = new Option<string>("--out") { Description = "Folder for learning-curves.png, .svg and .csv.", DefaultValueFactory = _ => "out" };
         var data = new Option<string>("--data") { Description = "The digits file, .csv or .csv.gz [default: the copy next to the program]." };
         var check = new Option<bool>("--check") { Description = "Check each --norm's gradients against central differences, with both strategies, and exit." };
@@ -87,7 +97,7 @@ public sealed record Options
             "Trains a hand-written MLP on the UCI digits with each chosen normalization and without, at a normal and a high learning rate, "
             + "and writes learning curves (PNG, SVG, CSV).")
         {
-            epochs, seed, strategy, norm, output, data, check, trace,
+            epochs, seed, strategy, norm, precision, output, data, check, trace,
         };
         command.SetAction(parsed => run(new Options
         {
@@ -98,6 +108,7 @@ public sealed record Options
             OutputDirectory = parsed.GetValue(output)!,
             DataPath = parsed.GetValue(data) ?? DigitsData.DefaultPath,
             Check = parsed.GetValue(check),
+            SinglePrecision = [.. parsed.GetValue(precision)!.Distinct().Select(p => p == "single")],
             Trace = parsed.GetValue(trace),
         }));
         return command;

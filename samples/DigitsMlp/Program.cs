@@ -60,7 +60,7 @@ static int Run(Options options)
     Console.WriteLine(Invariant($"Network: 64 → 128 → 64 → 10, ReLU, softmax cross-entropy, SGD with batches of 32; backward strategy: {options.Strategy}."));
 
     double[] rates = [0.05, 1.5];
-    RunSettings[] runs = [.. rates.SelectMany(rate => options.Norms.Select(norm => new RunSettings(norm, rate)))];
+    RunSettings[] runs = [.. rates.SelectMany(rate => options.Norms.SelectMany(norm => options.SinglePrecision.Select(single => new RunSettings(norm, rate, single))))];
     var trainer = new Trainer(data, train, test);
     var results = new List<RunResult>();
     bool live = !Console.IsOutputRedirected;

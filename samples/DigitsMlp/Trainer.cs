@@ -9,10 +9,11 @@ namespace DigitsMlp;
 /// <summary>One training configuration.</summary>
 /// <param name="Normalization">What the network's two normalization slots hold.</param>
 /// <param name="LearningRate">The SGD learning rate.</param>
-public sealed record RunSettings(Normalization Normalization, double LearningRate)
+/// <param name="SinglePrecision">Train the network in float (<c>Matrix&lt;float&gt;</c>) rather than double.</param>
+public sealed record RunSettings(Normalization Normalization, double LearningRate, bool SinglePrecision = false)
 {
     /// <summary>Gets a label for tables and the legend, such as "BatchNorm, rate 0.05".</summary>
-    public string Name => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{Normalization.Title}, rate {LearningRate}");
+    public string Name => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{Normalization.Title}, rate {LearningRate}{(SinglePrecision ? ", float" : "")}");
 }
 
 /// <summary>What one epoch measured.</summary>
@@ -41,7 +42,25 @@ public sealed class Trainer(DigitsData data, int[] train, int[] test, int batchS
     public IReadOnlyList<EpochResult> Train(RunSettings settings, int epochs, BackwardStrategy strategy, int seed, Action<int, int, int>? progress = null, Action<EpochResult>? epochDone = null, IDataParallel? parallel = null)
     {
         ArgumentNullException.ThrowIfNull(settings);
-        var network = new Network((128, 64), settings.Normalization.Create is { } create ? features => create(features, strategy) : null, seed);
+        Func<int, INormalizationLayer>? normalization = settings.Normalization.Create is { } create ? features => create(features, strategy) : null;
+        if (!settings.SinglePrecision)
+        {
+            var network = new Network((128, 64), normalization, seed);
+            return Train(network, _testX, settings, epochs, seed, progress, epochDone, parallel, () => parallel?.CombineGradients(network));
+        }
+
+        if (parallel is not null)
+        {
+            throw new NotSupportedException("Data-parallel training combines the gradients of a double-precision network.");
+        }
+
+        return Train(new Network<float>((128, 64), normalization, seed), _testX.Map(v => (float)v), settings, epochs, seed, progress, epochDone, null, () => { });
+    }
+
+    private List<EpochResult> Train<T>(
+        Network<T> network, Matrix<T> testX, RunSettings settings, int epochs, int seed, Action<int, int, int>? progress, Action<EpochResult>? epochDone, IDataParallel? parallel, Action combineGradients)
+        where T : struct, System.Numerics.IFloatingPointIeee754<T>, IFormattable
+    {
         var random = new Random(seed);
         int[] order = (int[])train.Clone();
         int batches = order.Length / batchSize;   // the ragged last batch is dropped, so every batch has 32 rows
@@ -57,12 +76,12 @@ public sealed class Trainer(DigitsData data, int[] train, int[] test, int batchS
             {
                 ArraySegment<int> indices = new(order, b * batchSize, batchSize);
                 (int start, int count) = parallel?.Shard(batchSize) ?? (0, batchSize);
-                (double loss, Matrix<double> gradient, int right) = TrainingLoss(network, indices.Slice(start, count));
+                (double loss, Matrix<T> gradient, int right) = TrainingLoss(network, indices.Slice(start, count));
                 if (parallel is not null)
                 {
                     // This process's rows' share of the whole batch's mean loss; the shares of all processes add up to it.
                     double share = (double)count / batchSize;
-                    gradient = gradient.Multiply(share);
+                    gradient = gradient.Multiply(T.CreateChecked(share));
                     Span<double> totals = [loss * share, right];
                     parallel.Sum(totals);
                     (loss, right) = (totals[0], (int)totals[1]);
@@ -74,7 +93,7 @@ public sealed class Trainer(DigitsData data, int[] train, int[] test, int batchS
                 if (!diverged)
                 {
                     network.Backward(gradient);
-                    parallel?.CombineGradients(network);
+                    combineGradients();
                     network.Step(settings.LearningRate);
                 }
 
@@ -87,7 +106,7 @@ public sealed class Trainer(DigitsData data, int[] train, int[] test, int batchS
             }
 
             network.SetTraining(false);
-            (_, _, int testCorrect) = Network.SoftmaxCrossEntropy(network.Forward(_testX), _testY);
+            (_, _, int testCorrect) = Network.SoftmaxCrossEntropy(network.Forward(testX), _testY);
             var result = new EpochResult(epoch, lossSum / batches, (double)correct / (batches * batchSize), (double)testCorrect / _testY.Length);
             results.Add(result);
             epochDone?.Invoke(result);
@@ -97,16 +116,19 @@ public sealed class Trainer(DigitsData data, int[] train, int[] test, int batchS
     }
 
     /// <summary>The loss of one training batch; NaN when the weights have blown up (a normalization layer then rejects its input).</summary>
-    private (double Loss, Matrix<double> Gradient, int Correct) TrainingLoss(Network network, IReadOnlyList<int> indices)
+    private (double Loss, Matrix<T> Gradient, int Correct) TrainingLoss<T>(Network<T> network, IReadOnlyList<int> indices)
+        where T : struct, System.Numerics.IFloatingPointIeee754<T>, IFormattable
     {
         try
         {
-            return Network.SoftmaxCrossEntropy(network.Forward(data.Features(indices)), data.LabelsOf(indices));
+            Matrix<double> features = data.Features(indices);
+            Matrix<T> x = features is Matrix<T> same ? same : features.Map(T.CreateChecked);
+            return Network.SoftmaxCrossEntropy(network.Forward(x), data.LabelsOf(indices));
         }
         catch (Exception e) when (e is ArgumentException or InvalidOperationException)
         {
             // A normalization layer refuses non-finite activations or parameters by name; here that means the run diverged.
-            return (double.NaN, Matrix<double>.Build.Dense(1, 1), 0);
+            return (double.NaN, Matrix<T>.Build.Dense(1, 1), 0);
         }
     }
 

@@ -41,7 +41,7 @@ public sealed class MpiDataParallel(MpiStatisticsExchange exchange) : IDataParal
     {
         ArgumentNullException.ThrowIfNull(network);
         int length = 0;
-        foreach (Linear layer in network.LinearLayers)
+        foreach (Linear<double> layer in network.LinearLayers)
         {
             length += layer.WeightsGradient.RowCount * layer.WeightsGradient.ColumnCount + layer.BiasGradient.Count;
         }
@@ -67,7 +67,7 @@ public sealed class MpiDataParallel(MpiStatisticsExchange exchange) : IDataParal
     private void Walk(Network network, SlotAction action)
     {
         int at = 0;
-        foreach (Linear layer in network.LinearLayers)
+        foreach (Linear<double> layer in network.LinearLayers)
         {
             foreach (double[] gradient in (double[][])[Data(layer.WeightsGradient), Data(layer.BiasGradient)])
             {

@@ -30,6 +30,7 @@ public class ProgramTests
     [InlineData("--epochs", "0")]
     [InlineData("--epochs")]
     [InlineData("--norm", "instance")]
+    [InlineData("--precision", "half")]
     [InlineData("--bogus")]
     public void Bad_options_give_a_one_line_error_and_exit_code_2(params string[] args)
     {
@@ -42,11 +43,23 @@ public class ProgramTests
     }
 
     [Fact]
+    public void Both_precisions_train_one_after_the_other_and_the_float_runs_are_named()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "digits-precision-" + Guid.NewGuid().ToString("N"));
+        (int code, string output, _) = Run("--epochs", "1", "--norm", "batch", "--precision", "double", "single", "--out", folder);
+        Assert.Equal(0, code);
+        Assert.Contains("BatchNorm, rate 0.05, float", output);
+        Assert.Contains("BatchNorm, rate 1.5, float", output);
+        Assert.Contains(output.Split('\n'), line => line.TrimEnd('\r') == "BatchNorm, rate 0.05");
+        Assert.True(File.Exists(Path.Combine(folder, "learning-curves.png")));
+    }
+
+    [Fact]
     public void Help_lists_every_option_and_exits_with_0()
     {
         (int code, string output, _) = Run("--help");
         Assert.Equal(0, code);
-        foreach (string option in new[] { "--epochs", "--seed", "--strategy", "--norm", "--out", "--data", "--check", "--trace" })
+        foreach (string option in new[] { "--epochs", "--seed", "--strategy", "--norm", "--precision", "--out", "--data", "--check", "--trace" })
         {
             Assert.Contains(option, output);
         }
