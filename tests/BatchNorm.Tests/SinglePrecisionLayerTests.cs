@@ -197,7 +197,7 @@ public class SinglePrecisionLayerTests
         // y finite in double but beyond float: γ·x̂ = 3e38·1.34.
         layer.Gamma[2] = 3e38;
         var overflow = Assert.Throws<ArgumentException>(() => layer.Forward(Matrix<float>.Build.Dense(4, 3, (i, j) => i)));
-        Assert.Contains("2", overflow.Message, StringComparison.Ordinal);
+        Assert.StartsWith("Column 2 of input cannot be normalized: y = γ·x̂ + β overflows the range of float", overflow.Message, StringComparison.Ordinal);
         Assert.Same(cache, layer.Cache);
         layer.Gamma[2] = 1;
 
@@ -234,8 +234,7 @@ public class SinglePrecisionLayerTests
         layer.Gamma.SetValues([1, 4]);
         layer.Forward(Matrix<float>.Build.Dense(3, 2, (i, j) => i));
         var error = Assert.Throws<ArgumentException>(() => layer.Backward(Matrix<float>.Build.Dense(3, 2, 1e38f)));
-        Assert.Contains("1", error.Message, StringComparison.Ordinal);
-        Assert.DoesNotContain("column 0", error.Message, StringComparison.OrdinalIgnoreCase);
+        Assert.StartsWith("Column 1 of outputGradient cannot be back-propagated: dx, or an intermediate of the closed strategy, overflows the range of float", error.Message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -274,6 +273,71 @@ public class SinglePrecisionLayerTests
         Matrix<float> dx = layer.Backward(Round(dy0));
         Assert.True(counting.Segments > 0);
         Assert.Equal(staged.Backward(Round(dy0)).ToColumnMajorArray(), dx.ToColumnMajorArray());
+    }
+
+    [Fact]
+    public void A_strategy_of_doubles_gets_the_float_cache_s_statistics_and_x_hat_at_every_batch_size()
+    {
+        // The widened copy of the cache is kept from step to step; a new batch size must not reuse its old shape.
+        foreach (int rows in new[] { 8, 6, 8 })
+        {
+            var counting = new CountingStrategy();
+            var single = new BatchNormLayer(3, backward: counting);
+            var wide = new BatchNormLayer(3, backward: BackwardStrategy.Staged);
+            (Matrix<double> x0, Matrix<double> dy0) = ContractTests.Batch(rows, 3, seed: rows);
+            single.Forward(Round(x0));
+            Matrix<float> dx = single.Backward(Round(dy0));
+            Assert.Equal(single.Cache!.Variance.ToArray(), counting.Variances);
+            Assert.Equal(single.Cache.InverseStandardDeviation.ToArray(), counting.InverseStandardDeviations);
+            wide.Forward(Widen(Round(x0)));
+            Matrix<double> expected = wide.Backward(Widen(Round(dy0)));
+            double istd = single.Cache.InverseStandardDeviation.ToArray().Max(), dyMax = dy0.Enumerate().Max(Math.Abs);
+            Assert.True((expected - Widen(dx)).Enumerate().Max(Math.Abs) < 8 * U * dyMax * istd, $"{rows} rows");
+        }
+    }
+
+    [Fact]
+    public void Segments_gathered_from_channels_of_several_positions_catch_float_overflow_too()
+    {
+        // Ghost batches of 2 rows over channels of 2 positions: each segment is gathered from two columns. γ = 3e38 makes
+        // y = γ·x̂ overflow float (x̂ = ±1.7) in channel 1 only; then, frozen, dx = γ·dy/σ overflows in channel 1 only.
+        var layer = BatchNormLayer.Spatial(channels: 2, spatialSize: 2);
+        layer.VirtualBatchSize = 2;
+        Matrix<float> x = Matrix<float>.Build.Dense(4, 4, (i, j) => (i * (j + 1)) + (0.5f * j));
+        layer.Forward(x);
+        string state = layer.ExportState();
+        NormalizationCache? cache = layer.Cache;
+        layer.Gamma[1] = 3e38;
+        var forward = Assert.Throws<ArgumentException>(() => layer.Forward(x));
+        Assert.Contains("1", forward.Message, StringComparison.Ordinal);
+        Assert.Same(cache, layer.Cache);
+        layer.Gamma[1] = 1;
+        Assert.Equal(state, layer.ExportState());
+
+        // dx is proportional to γ: from a double twin at γ = 1, the γ that takes channel 1's largest dx to 1.5 times the
+        // largest float, which a double holds.
+        Matrix<float> dy = Matrix<float>.Build.Dense(4, 4, (i, j) => (float)Math.Sin((3 * i) + j));
+        var twin = BatchNormLayer.Spatial(channels: 2, spatialSize: 2);
+        twin.VirtualBatchSize = 2;
+        twin.Forward(Widen(x));
+        double largest = twin.Backward(Widen(dy)).SubMatrix(0, 4, 2, 2).Enumerate().Max(Math.Abs);
+        layer.Forward(x);
+        layer.Gamma[1] = 1.5 * float.MaxValue / largest;
+        var backward = Assert.Throws<ArgumentException>(() => layer.Backward(dy));
+        Assert.Contains("column 2", backward.Message, StringComparison.OrdinalIgnoreCase);
+    }
+
+    [Fact]
+    public void Reading_x_hat_in_the_other_precision_is_refused_by_name()
+    {
+        var layer = new BatchNormLayer(2);
+        layer.Forward(Matrix<float>.Build.Dense(3, 2, (i, j) => i + j));
+        var single = Assert.Throws<InvalidOperationException>(() => layer.Cache!.NormalizedInput.ToArray());
+        Assert.Equal("This cache is of a single-precision Forward, so x̂ is not held in double: read NormalizedInputSingle, or NormalizedInputToMatrix().", single.Message);
+        Assert.Throws<InvalidOperationException>(() => layer.Cache!.NormalizedColumn(0).ToArray());
+        layer.Forward(Matrix<double>.Build.Dense(3, 2, (i, j) => i + j));
+        var wide = Assert.Throws<InvalidOperationException>(() => layer.Cache!.NormalizedInputSingle.ToArray());
+        Assert.Equal("This cache is of a double-precision Forward, so x̂ is not held in float: read NormalizedInput, or NormalizedInputToMatrix().", wide.Message);
     }
 
     [Fact]
@@ -340,6 +404,10 @@ public class SinglePrecisionLayerTests
     {
         public int Segments { get; private set; }
 
+        public System.Collections.Generic.List<double> Variances { get; } = [];
+
+        public System.Collections.Generic.List<double> InverseStandardDeviations { get; } = [];
+
         public override string Name => "counting";
 
         public override int SumCount => BackwardStrategy.Staged.SumCount;
@@ -347,6 +415,8 @@ public class SinglePrecisionLayerTests
         protected override void SegmentSumsCore(in BackwardSegment segment, Span<double> sums, Span<double> inputGradient)
         {
             Segments++;
+            Variances.Add(segment.Variance);
+            InverseStandardDeviations.Add(segment.InverseStandardDeviation);
             BackwardStrategy.Staged.SegmentSums(segment, sums, inputGradient);
         }
 

@@ -196,8 +196,8 @@ public sealed class NormalizationCache
             scratch = new NormalizationCache(Layout, singlePrecision: false);
         }
 
+        // The statistics a strategy reads (σ² and 1/√(σ² + ε)); the mean enters no backward pass.
         Elements<float>.Widen(NormalizedInputSingle, DenseColumns.Data(scratch._normalized!));
-        _mean.CopyTo(scratch._mean);
         _variance.CopyTo(scratch._variance);
         _inverseStd.CopyTo(scratch._inverseStd);
         (scratch.IsTraining, scratch.FrozenStatistics, scratch.Centered, scratch.Epsilon) = (IsTraining, FrozenStatistics, Centered, Epsilon);

@@ -24,9 +24,6 @@ namespace BatchNorm;
 internal static class Elements<T>
     where T : unmanaged
 {
-    /// <summary>Gets whether the engine handles this element type.</summary>
-    public static bool IsSupported => typeof(T) == typeof(double) || typeof(T) == typeof(float);
-
     /// <summary>Gets the size of one element in bytes.</summary>
     public static int Size => Unsafe.SizeOf<T>();
 
@@ -79,25 +76,28 @@ internal static class Elements<T>
         if (typeof(T) == typeof(double))
         {
             MemoryMarshal.Cast<T, double>(source).CopyTo(destination);
-            return;
         }
-
-        for (int i = 0; i < source.Length; i++)
+        else
         {
-            destination[i] = ToDouble(source[i]);
+            for (int i = 0; i < source.Length; i++)
+            {
+                destination[i] = ToDouble(source[i]);
+            }
         }
     }
 
     /// <summary>Gets whether every value stays finite once rounded to <typeparamref name="T"/> (see <see cref="Probe(double)"/>).</summary>
     public static bool AllFinite(ReadOnlySpan<double> values)
     {
-        double probe = 0;
-        for (int i = 0; i < values.Length; i++)
+        foreach (double value in values)
         {
-            probe += Probe(values[i]);
+            if (double.IsNaN(Probe(value)))
+            {
+                return false;
+            }
         }
 
-        return !double.IsNaN(probe);
+        return true;
     }
 
     /// <summary>Rounds every value of <paramref name="source"/> into <paramref name="destination"/>.</summary>
@@ -106,12 +106,13 @@ internal static class Elements<T>
         if (typeof(T) == typeof(double))
         {
             source.CopyTo(MemoryMarshal.Cast<T, double>(destination));
-            return;
         }
-
-        for (int i = 0; i < source.Length; i++)
+        else
         {
-            destination[i] = FromDouble(source[i]);
+            for (int i = 0; i < source.Length; i++)
+            {
+                destination[i] = FromDouble(source[i]);
+            }
         }
     }
 
@@ -136,7 +137,12 @@ internal static class Elements<T>
             return Vector128.WidenLower(Vector128.CreateScalarUnsafe(pair).AsSingle()).AsVector();
         }
 
-        return Vector512.WidenLower(Vector256.LoadUnsafe(ref Unsafe.As<T, float>(ref first), index).ToVector512Unsafe()).AsVector();
+        if (Vector<double>.Count == Vector512<double>.Count)
+        {
+            return Vector512.WidenLower(Vector256.LoadUnsafe(ref Unsafe.As<T, float>(ref first), index).ToVector512Unsafe()).AsVector();
+        }
+
+        throw UnsupportedWidth();
     }
 
     /// <summary>Stores the lanes of <paramref name="value"/>, rounded, from <paramref name="index"/> on.</summary>
@@ -156,10 +162,14 @@ internal static class Elements<T>
             Vector128<double> pair = value.AsVector128();
             Unsafe.WriteUnaligned(ref Unsafe.As<T, byte>(ref Unsafe.Add(ref first, index)), Vector128.Narrow(pair, pair).AsDouble().ToScalar());
         }
-        else
+        else if (Vector<double>.Count == Vector512<double>.Count)
         {
             Vector512<double> wide = value.AsVector512();
             Vector512.Narrow(wide, wide).GetLower().StoreUnsafe(ref Unsafe.As<T, float>(ref first), index);
+        }
+        else
+        {
+            throw UnsupportedWidth();
         }
     }
 
@@ -262,4 +272,7 @@ internal static class Elements<T>
         => Avx.IsSupported ? Avx.ConvertToVector128Single(value) : Vector128.Narrow(value.GetLower(), value.GetUpper());
 
     private static NotSupportedException Unsupported() => new($"The element type {typeof(T).Name} is not supported: use double or float.");
+
+    /// <summary>Vector&lt;double&gt; is 128, 256 or 512 bits wide on every runtime .NET 8 to 10 knows.</summary>
+    private static PlatformNotSupportedException UnsupportedWidth() => new($"Vector<double> of {Vector<double>.Count} lanes is not supported.");
 }

@@ -53,7 +53,11 @@ internal readonly record struct StepFault(int Index, FaultCause Cause)
     public static StepFault First(StepFault a, StepFault b) => Unpack(Math.Min(a.Pack(), b.Pack()));
 
     /// <summary>The exception for a failed Forward: segments are columns, or for row layouts group·N + row.</summary>
-    public Exception ForwardException(SegmentLayout layout, NormalizationLayer layer, string parameterName)
+    /// <param name="layout">How the step was cut into segments.</param>
+    /// <param name="layer">The layer, whose γ, β and running statistics the message quotes.</param>
+    /// <param name="parameterName">The input's parameter name.</param>
+    /// <param name="precision">"double" or "float": the precision of the step's data.</param>
+    public Exception ForwardException(SegmentLayout layout, NormalizationLayer layer, string parameterName, string precision = "double")
     {
         // Column layouts number their column blocks: a feature, or a channel of S columns (positions). Row layouts number
         // rows for statistics and columns for γ and β, which belong to the column's channel.
@@ -72,7 +76,7 @@ internal readonly record struct StepFault(int Index, FaultCause Cause)
             FaultCause.Parameters => new InvalidOperationException(
                 string.Create(CultureInfo.InvariantCulture, $"{unit} {channel} cannot be normalized: γ[{channel}] = {layer.Gamma[channel]:R} and β[{channel}] = {layer.Beta[channel]:R} must be finite, and so must what the layer makes of them.")),
             FaultCause.Output => new ArgumentException(
-                string.Create(CultureInfo.InvariantCulture, $"{column} cannot be normalized: y = γ·x̂ + β overflows the range of double (γ[{channel}] = {layer.Gamma[channel]:R}, β[{channel}] = {layer.Beta[channel]:R})."), parameterName),
+                string.Create(CultureInfo.InvariantCulture, $"{column} cannot be normalized: y = γ·x̂ + β overflows the range of {precision} (γ[{channel}] = {layer.Gamma[channel]:R}, β[{channel}] = {layer.Beta[channel]:R})."), parameterName),
             FaultCause.RunningStatistics when layer is RunningStatisticsLayer running => new InvalidOperationException(
                 string.Create(CultureInfo.InvariantCulture, $"{unit} {channel} cannot be normalized: RunningMean[{channel}] = {running.RunningMean[channel]:R} and RunningVariance[{channel}] = {running.RunningVariance[channel]:R}, but the running mean must be finite and the running variance finite and at least 0.")),
             _ => new InvalidOperationException($"{where}: {Cause}."),
@@ -80,13 +84,16 @@ internal readonly record struct StepFault(int Index, FaultCause Cause)
     }
 
     /// <summary>The exception for a failed Backward: the index is a feature.</summary>
-    public Exception BackwardException(string parameterName, BackwardStrategy strategy) => Cause switch
+    /// <param name="parameterName">The output gradient's parameter name.</param>
+    /// <param name="strategy">The strategy that ran.</param>
+    /// <param name="precision">"double" or "float": the precision of the step's data.</param>
+    public Exception BackwardException(string parameterName, BackwardStrategy strategy, string precision = "double") => Cause switch
     {
         FaultCause.OutputGradient => Guard.NotFinite(parameterName, Index, "cannot be back-propagated"),
         FaultCause.Cache => new InvalidOperationException(
             string.Create(CultureInfo.InvariantCulture, $"Column {Index} of the last Forward's normalized values is not finite (that Forward's input held NaN or infinity there, which inference passes through), so nothing can be back-propagated through it; the output gradient is fine.")),
         FaultCause.InputGradient => new ArgumentException(
-            string.Create(CultureInfo.InvariantCulture, $"Column {Index} of {parameterName} cannot be back-propagated: dx, or an intermediate of the {strategy.Name} strategy, overflows the range of double although dy and its sums are finite (γ/√(σ² + ε) times dy is too large; the staged strategy's dσ² and dμ overflow sooner than the closed form's terms)."), parameterName),
+            string.Create(CultureInfo.InvariantCulture, $"Column {Index} of {parameterName} cannot be back-propagated: dx, or an intermediate of the {strategy.Name} strategy, overflows the range of {precision} although dy and its sums are finite (γ/√(σ² + ε) times dy is too large; the staged strategy's dσ² and dμ overflow sooner than the closed form's terms)."), parameterName),
         _ => new InvalidOperationException(string.Create(CultureInfo.InvariantCulture, $"Column {Index}: {Cause}.")),
     };
 }

@@ -676,7 +676,7 @@ public abstract class NormalizationLayer : INormalizationLayer
 
         if (fault.Failed)
         {
-            throw fault.ForwardException(layout, this, nameof(input));
+            throw fault.ForwardException(layout, this, nameof(input), PrecisionName<T>());
         }
 
         DenseColumns.CopyBack(y, output);
@@ -697,7 +697,7 @@ public abstract class NormalizationLayer : INormalizationLayer
             : Differentiate(cache, _scale, (Matrix<float>)(object)dy, (Matrix<float>)(object)dx, _scaleGradient, _shiftGradient);
         if (fault.Failed)
         {
-            throw fault.BackwardException(nameof(outputGradient), _backwardStrategy);
+            throw fault.BackwardException(nameof(outputGradient), _backwardStrategy, PrecisionName<T>());
         }
 
         DenseColumns.CopyBack(dx, inputGradient);
@@ -711,6 +711,9 @@ public abstract class NormalizationLayer : INormalizationLayer
             }
         }
     }
+
+    /// <summary>How messages name the precision of element type T.</summary>
+    private static string PrecisionName<T>() => typeof(T) == typeof(float) ? "float" : "double";
 
     /// <summary>The dense scratch matrices of this layer's steps in element type T.</summary>
     private StepScratch<T> Scratch<T>()
