@@ -279,11 +279,13 @@ public class SinglePrecisionLayerTests
     public void A_strategy_of_doubles_gets_the_float_cache_s_statistics_and_x_hat_at_every_batch_size()
     {
         // The widened copy of the cache is kept from step to step; a new batch size must not reuse its old shape.
+        var counting = new CountingStrategy();
+        var single = new BatchNormLayer(3, backward: counting);
+        var wide = new BatchNormLayer(3, backward: BackwardStrategy.Staged);
         foreach (int rows in new[] { 8, 6, 8 })
         {
-            var counting = new CountingStrategy();
-            var single = new BatchNormLayer(3, backward: counting);
-            var wide = new BatchNormLayer(3, backward: BackwardStrategy.Staged);
+            counting.Variances.Clear();
+            counting.InverseStandardDeviations.Clear();
             (Matrix<double> x0, Matrix<double> dy0) = ContractTests.Batch(rows, 3, seed: rows);
             single.Forward(Round(x0));
             Matrix<float> dx = single.Backward(Round(dy0));
