@@ -197,7 +197,7 @@ public class SinglePrecisionLayerTests
         // y finite in double but beyond float: γ·x̂ = 3e38·1.34.
         layer.Gamma[2] = 3e38;
         var overflow = Assert.Throws<ArgumentException>(() => layer.Forward(Matrix<float>.Build.Dense(4, 3, (i, j) => i)));
-        Assert.StartsWith("Column 2 of input cannot be normalized: y = γ·x̂ + β overflows the range of float", overflow.Message, StringComparison.Ordinal);
+        Assert.StartsWith("Column 2 of input cannot be normalized: y = γ·x̂ + β, or x̂ itself, overflows the range of float", overflow.Message, StringComparison.Ordinal);
         Assert.Same(cache, layer.Cache);
         layer.Gamma[2] = 1;
 
@@ -224,6 +224,61 @@ public class SinglePrecisionLayerTests
         Assert.Throws<ArgumentException>(() => layer.Backward(dy));
         Assert.False(layer.Cache!.SinglePrecision);
         Assert.Throws<InvalidOperationException>(() => layer.Cache!.NormalizedInputSingle.ToArray());
+    }
+
+    [Theory]
+    [InlineData(1.0)]
+    [InlineData(1e-30)]
+    public void An_inference_x_hat_beyond_float_is_refused_and_changes_nothing(double gamma)
+    {
+        // Running variance 0 and ε = 1e-5: x̂ = x/√ε is 3e38·316 = 9.5e40 in column 1, finite in double, beyond float.
+        // With γ = 1, y overflows too; with γ = 1e-30, y = 9.5e10 is finite but x̂ would be cached as ∞.
+        var layer = new BatchNormLayer(2) { IsTraining = false };
+        layer.RunningVariance.SetValues([1, 0]);
+        layer.Gamma[1] = gamma;
+        layer.Forward(Matrix<float>.Build.Dense(3, 2, (i, j) => i));
+        string state = layer.ExportState();
+        NormalizationCache? cache = layer.Cache;
+        Matrix<float> x = Matrix<float>.Build.Dense(3, 2, (i, j) => j == 1 && i == 2 ? 3e38f : i);
+        var error = Assert.Throws<ArgumentException>(() => layer.Forward(x));
+        Assert.StartsWith("Column 1 of input cannot be normalized: y = γ·x̂ + β, or x̂ itself, overflows the range of float", error.Message, StringComparison.Ordinal);
+        Assert.Same(cache, layer.Cache);
+        Assert.Equal(state, layer.ExportState());
+
+        // The double layer holds both.
+        var wide = new BatchNormLayer(2) { IsTraining = false };
+        wide.RunningVariance.SetValues([1, 0]);
+        wide.Gamma[1] = gamma;
+        Assert.True(double.IsFinite(wide.Forward(Widen(x))[2, 1]));
+    }
+
+    [Theory]
+    [InlineData("staged")]
+    [InlineData("textbook")]
+    public void A_float_dx_beyond_float_is_refused_by_column_for_strategies_that_see_doubles(string strategy)
+    {
+        // Frozen statistics: dx = γ·dy/√(1 + ε) = 4e38 in column 1 only, finite in the strategy's doubles.
+        var layer = new BatchNormLayer(2, backward: ContractTests.Strategy(strategy)) { IsTraining = false };
+        layer.Gamma.SetValues([1, 4]);
+        layer.Forward(Matrix<float>.Build.Dense(3, 2, (i, j) => i));
+        double[] gradient = layer.GammaGradient.ToArray();
+        var error = Assert.Throws<ArgumentException>(() => layer.Backward(Matrix<float>.Build.Dense(3, 2, 1e38f)));
+        Assert.StartsWith($"Column 1 of outputGradient cannot be back-propagated: dx, or an intermediate of the {strategy} strategy, overflows the range of float", error.Message, StringComparison.Ordinal);
+        Assert.Equal(gradient, layer.GammaGradient.ToArray());
+    }
+
+    [Fact]
+    public void Folding_into_float_weights_refuses_a_value_beyond_float_by_name()
+    {
+        // Running variance 0: the scale is 1/√ε = 316.2, so 1e36 folds to 3.16e38, a float, and 2e36 to 6.3e38, not one.
+        var layer = new BatchNormLayer(2) { IsTraining = false };
+        layer.RunningVariance.SetValues([1, 0]);
+        (Matrix<float> w, _) = layer.FoldInto(Matrix<float>.Build.Dense(1, 2, (i, j) => j == 1 ? 1e36f : 1), Vector<float>.Build.Dense(2));
+        Assert.Equal((float)((double)1e36f * (1 / Math.Sqrt(1e-5))), w[0, 1]);
+        var weights = Assert.Throws<InvalidOperationException>(() => layer.FoldInto(Matrix<float>.Build.Dense(1, 2, (i, j) => j == 1 ? 2e36f : 1), Vector<float>.Build.Dense(2)));
+        Assert.Equal("Folding into float weights: a folded weight of column 1 lies beyond the range of float. Fold into double weights instead.", weights.Message);
+        var bias = Assert.Throws<InvalidOperationException>(() => layer.FoldInto(Matrix<float>.Build.Dense(1, 2, 1), Vector<float>.Build.Dense([0, 2e36f])));
+        Assert.StartsWith("Folding into float weights: the folded bias[1] = 6.3", bias.Message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -302,7 +357,7 @@ public class SinglePrecisionLayerTests
     public void Segments_gathered_from_channels_of_several_positions_catch_float_overflow_too()
     {
         // Ghost batches of 2 rows over channels of 2 positions: each segment is gathered from two columns. γ = 3e38 makes
-        // y = γ·x̂ overflow float (x̂ = ±1.7) in channel 1 only; then, frozen, dx = γ·dy/σ overflows in channel 1 only.
+        // y = γ·x̂ overflow float (x̂ = ±1.7) in channel 1 only; then a γ scaled to the largest dx overflows channel 1's dx.
         var layer = BatchNormLayer.Spatial(channels: 2, spatialSize: 2);
         layer.VirtualBatchSize = 2;
         Matrix<float> x = Matrix<float>.Build.Dense(4, 4, (i, j) => (i * (j + 1)) + (0.5f * j));
@@ -311,7 +366,7 @@ public class SinglePrecisionLayerTests
         NormalizationCache? cache = layer.Cache;
         layer.Gamma[1] = 3e38;
         var forward = Assert.Throws<ArgumentException>(() => layer.Forward(x));
-        Assert.Contains("1", forward.Message, StringComparison.Ordinal);
+        Assert.StartsWith("Channel 1 (columns 2–3) of input cannot be normalized", forward.Message, StringComparison.Ordinal);
         Assert.Same(cache, layer.Cache);
         layer.Gamma[1] = 1;
         Assert.Equal(state, layer.ExportState());

@@ -166,6 +166,7 @@ public sealed class NormalizationCache
     /// <param name="feature">The column index, 0 ≤ feature &lt; <see cref="Features"/>.</param>
     /// <returns>A read-only view of N values.</returns>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="feature"/> is outside [0, D).</exception>
+    /// <exception cref="InvalidOperationException">The cache is of a single-precision Forward (read <see cref="NormalizedInputSingle"/>).</exception>
     public ReadOnlySpan<double> NormalizedColumn(int feature)
     {
         if ((uint)feature >= (uint)Features)

@@ -266,7 +266,8 @@ public static class GradientCheck
     /// <summary>
     /// Checks a layer's single-precision Backward (<see cref="INormalizationLayer.Backward(Matrix{float})"/>) against
     /// central differences of its single-precision Forward, as <see cref="Check(INormalizationLayer, Matrix{double}, Matrix{double}, double)"/>
-    /// checks the double ones. The differences are taken in double, over steps that keep every probed input a float.
+    /// checks the double ones. The differences are taken in double, over steps such that every probed input is a float
+    /// (x + step always; x − step too unless the step exceeds |x|, where it is rounded, by at most 2⁻²⁴ of the step).
     /// </summary>
     /// <param name="layer">The layer; its mode decides what is checked.</param>
     /// <param name="input">x, N×D.</param>
@@ -430,7 +431,8 @@ public static class GradientCheck
 
     /// <summary>
     /// The step actually taken from x, so that x ± offset are exact; with <paramref name="single"/>, exact as floats (x
-    /// being one): a whole number of float spacings at |x| + step, which |x| and everything nearer zero are multiples of.
+    /// being one): a whole number of float spacings at |x|, so that |x| + offset is a float, and |x| − offset too while the
+    /// offset does not exceed |x| (beyond, the probe's float rounds it, by at most 2⁻²⁴ of the offset).
     /// </summary>
     private static double Offset(double x, double step, bool single)
     {

@@ -251,7 +251,7 @@ internal static class ColumnKernels
                 if (op.HasSecond)
                 {
                     Elements<T>.StoreVector(r2, ref second0, (nuint)i);
-                    probe += Elements<T>.Probe(r2);
+                    probe += Elements<T>.Probe(r1, r2);
                 }
                 else
                 {
@@ -269,7 +269,7 @@ internal static class ColumnKernels
                 Elements<T>.Set(ref second0, i, r2);
             }
 
-            scalarProbe += Elements<T>.Probe(op.HasSecond ? r2 : r1);
+            scalarProbe += op.HasSecond ? Elements<T>.Probe(r1, r2) : Elements<T>.Probe(r1);
         }
 
         return !double.IsNaN(scalarProbe + Vector.Sum(probe));
@@ -304,7 +304,7 @@ internal static class ColumnKernels
                     Elements<T>.Set(ref second0, k, r2);
                 }
 
-                scalarProbe += Elements<T>.Probe(op.HasSecond ? r2 : r1);
+                scalarProbe += op.HasSecond ? Elements<T>.Probe(r1, r2) : Elements<T>.Probe(r1);
             }
 
             // The probe sums in a register: added through the reference each step, it would wait on a store and a load.
@@ -316,7 +316,7 @@ internal static class ColumnKernels
                 if (op.HasSecond)
                 {
                     Elements<T>.StoreVector(r2, ref second0, (nuint)i);
-                    streamProbe += Elements<T>.Probe(r2);
+                    streamProbe += Elements<T>.Probe(r1, r2);
                 }
                 else
                 {

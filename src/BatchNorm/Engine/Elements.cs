@@ -258,6 +258,25 @@ internal static class Elements<T>
     }
 
     /// <summary>
+    /// The probe of a normalization's two outputs, x̂ and y: y's, and with float also x̂'s. In training x̂ is bounded (by
+    /// √N), but with the running statistics of inference it is not, and a float x̂ beyond float's range would be cached
+    /// as ∞ while y, scaled by a small γ, stays finite.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector<double> Probe(Vector<double> normalized, Vector<double> output)
+        => typeof(T) == typeof(double) ? Probe(output) : Probe(normalized) + Probe(output);
+
+    /// <inheritdoc cref="Probe(Vector{double}, Vector{double})"/>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<double> Probe(Vector256<double> normalized, Vector256<double> output)
+        => typeof(T) == typeof(double) ? Probe(output) : Probe(normalized) + Probe(output);
+
+    /// <inheritdoc cref="Probe(Vector{double}, Vector{double})"/>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static double Probe(double normalized, double output)
+        => typeof(T) == typeof(double) ? Probe(output) : Probe(normalized) + Probe(output);
+
+    /// <summary>
     /// The least double that rounds to float +∞: the largest float plus half its spacing, 2¹²⁸ − 2¹⁰³ (a tie, which rounds
     /// to the even neighbour, ∞).
     /// </summary>

@@ -301,7 +301,7 @@ internal static class LaneKernels
                     if (op.HasSecond)
                     {
                         Elements<T>.StoreVector(r2, ref o20, (nuint)i);
-                        probe += Elements<T>.Probe(r2);
+                        probe += Elements<T>.Probe(r1, r2);
                     }
                     else
                     {
@@ -319,7 +319,7 @@ internal static class LaneKernels
                     Elements<T>.Set(ref o20, i, r2);
                 }
 
-                scalarProbe += Elements<T>.Probe(op.HasSecond ? r2 : r1);
+                scalarProbe += op.HasSecond ? Elements<T>.Probe(r1, r2) : Elements<T>.Probe(r1);
             }
         }
 

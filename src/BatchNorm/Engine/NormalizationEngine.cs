@@ -167,7 +167,7 @@ internal sealed class NormalizationEngine
                 data, n, g * size, size, center.Slice(g * n, n), correction.Slice(g * n, n), inverseStd.Slice(g * n, n), gamma, beta, xHat, output);
             for (int j = g * size; !finite && j < (g + 1) * size; j++)
             {
-                StepFault fault = OutputFault<T>(j, cache.NormalizedColumnOf<T>(j), DenseColumns.Column(y, j), gamma[j], beta[j]);
+                StepFault fault = OutputFault<T>(j, DenseColumns.Column(x, j), cache.NormalizedColumnOf<T>(j), DenseColumns.Column(y, j), gamma[j], beta[j]);
                 if (fault.Failed)
                 {
                     return fault;
@@ -179,10 +179,11 @@ internal sealed class NormalizationEngine
     }
 
     /// <summary>
-    /// Why y = scale·x̂ + shift came out non-finite somewhere: a scale or shift that is not finite, or y overflowing where
-    /// x̂ is finite. Where x̂ itself is not (an inference Forward passes NaN and ±∞ through), y may not be either.
+    /// Why x̂ or y = scale·x̂ + shift came out non-finite somewhere: a scale or shift that is not finite, or y or x̂
+    /// overflowing (as stored) where x is finite. Where x itself is not (an inference Forward passes NaN and ±∞
+    /// through), x̂ and y may not be either.
     /// </summary>
-    private static StepFault OutputFault<T>(int column, ReadOnlySpan<T> xHat, ReadOnlySpan<T> y, double scale, double shift)
+    private static StepFault OutputFault<T>(int column, ReadOnlySpan<T> x, ReadOnlySpan<T> xHat, ReadOnlySpan<T> y, double scale, double shift)
         where T : unmanaged
     {
         if (!double.IsFinite(scale) || !double.IsFinite(shift))
@@ -192,7 +193,8 @@ internal sealed class NormalizationEngine
 
         for (int i = 0; i < y.Length; i++)
         {
-            if (!double.IsFinite(Elements<T>.ToDouble(y[i])) && double.IsFinite(Elements<T>.ToDouble(xHat[i])))
+            bool stored = double.IsFinite(Elements<T>.ToDouble(y[i])) && double.IsFinite(Elements<T>.ToDouble(xHat[i]));
+            if (!stored && double.IsFinite(Elements<T>.ToDouble(x[i])))
             {
                 return new StepFault(column, FaultCause.Output);
             }
@@ -239,8 +241,7 @@ internal sealed class NormalizationEngine
         if (!ReadsInPlace<T>(strategy))
         {
             StepFault fault = Backward(strategy, Widened(cache), scale, Widened(dy), WideDx(dx), scaleGradient, shiftGradient);
-            Elements<T>.Narrow(DenseColumns.Data(_wideDx!), DenseColumns.Data(dx));
-            return fault;
+            return NarrowDx(fault, dx);
         }
 
         if (cache.Layout.ByRow)
@@ -265,8 +266,7 @@ internal sealed class NormalizationEngine
         if (!ReadsInPlace<T>(strategy))
         {
             StepFault fault = BackwardSynchronized(strategy, Widened(cache), scale, Widened(dy), WideDx(dx), scaleGradient, shiftGradient, synchronizer);
-            Elements<T>.Narrow(DenseColumns.Data(_wideDx!), DenseColumns.Data(dx));
-            return fault;
+            return NarrowDx(fault, dx);
         }
 
         RunColumns(strategy, cache, scale, dy, dx, BackwardSteps.Sums);
@@ -286,6 +286,26 @@ internal sealed class NormalizationEngine
     /// its dx rounded back.
     /// </summary>
     private static bool ReadsInPlace<T>(BackwardStrategy strategy) => typeof(T) == typeof(double) || strategy is ClosedFormBackward;
+
+    /// <summary>
+    /// dx of a widened step rounded into <paramref name="dx"/>, and the step's fault, or else the first column whose dx
+    /// is finite in double but not once rounded to T.
+    /// </summary>
+    private StepFault NarrowDx<T>(StepFault fault, Matrix<T> dx)
+        where T : unmanaged, IEquatable<T>, IFormattable
+    {
+        Matrix<double> wide = _wideDx!;
+        Elements<T>.Narrow(DenseColumns.Data(wide), DenseColumns.Data(dx));
+        for (int j = 0; !fault.Failed && j < wide.ColumnCount; j++)
+        {
+            if (!Elements<T>.AllFinite(DenseColumns.Column(wide, j)))
+            {
+                fault = new StepFault(j, FaultCause.InputGradient);
+            }
+        }
+
+        return fault;
+    }
 
     /// <summary>dy widened into scratch that the engine keeps.</summary>
     private Matrix<double> Widened<T>(Matrix<T> dy)
@@ -640,7 +660,7 @@ internal sealed class NormalizationEngine
                 for (int s = 0; bad != 0 && s < 4; s++)
                 {
                     int j = (k + s) / _blocks, segment = at + (s * _length);
-                    if ((bad & (1 << s)) != 0 && OutputFault<T>(j, _xHat.Slice(segment, _length), _y.Slice(segment, _length), _gamma[j], _beta[j]) is { Failed: true } fault)
+                    if ((bad & (1 << s)) != 0 && OutputFault<T>(j, X.Slice(segment, _length), _xHat.Slice(segment, _length), _y.Slice(segment, _length), _gamma[j], _beta[j]) is { Failed: true } fault)
                     {
                         Record(ref forward._fault, fault);
                     }
@@ -669,7 +689,7 @@ internal sealed class NormalizationEngine
                     Normalize<double>(k, values, center, correction, cache.Mean[k], cache.Variance[k], cache.InverseStandardDeviation[k], xHat, y);
                     cache.Layout.Scatter(xHat, k, _xHat);
                     cache.Layout.Scatter(y, k, _y);
-                    if (!Elements<T>.AllFinite(y))
+                    if (!Elements<T>.AllFinite(y) || !Elements<T>.AllFinite(xHat))
                     {
                         // Finite in double, but beyond the range of T once rounded.
                         Record(ref forward._fault, new StepFault(k / _blocks, FaultCause.Output));
@@ -697,7 +717,7 @@ internal sealed class NormalizationEngine
                     ? QuadKernels.Normalize(ref MemoryMarshal.GetReference(x), _length, center, correction, inverseStd, scale, shift, ref MemoryMarshal.GetReference(xHat), ref MemoryMarshal.GetReference(y))
                     : ColumnKernels.Normalize(x, center, correction, inverseStd, scale, shift, xHat, y, _stream);
                 if (!finite
-                    && OutputFault<TValue>(j, xHat, y, scale, shift) is { Failed: true } fault)
+                    && OutputFault<TValue>(j, x, xHat, y, scale, shift) is { Failed: true } fault)
                 {
                     Record(ref forward._fault, fault);
                 }

@@ -192,7 +192,7 @@ internal static class QuadKernels
             Vector256<double> output = MultiplyAdd(h, g, b);
             Elements<T>.Store256(h, ref xHat, (nuint)i);
             Elements<T>.Store256(output, ref y, (nuint)i);
-            probe += Elements<T>.Probe(output);
+            probe += Elements<T>.Probe(h, output);
         }
 
         double scalarProbe = 0;
@@ -201,7 +201,7 @@ internal static class QuadKernels
             double h = Normalized(x.At(i), center, correction, inverseStd), output = MultiplyAdd(h, gamma, beta);
             Elements<T>.Set(ref xHat, i, h);
             Elements<T>.Set(ref y, i, output);
-            scalarProbe += Elements<T>.Probe(output);
+            scalarProbe += Elements<T>.Probe(h, output);
         }
 
         return !double.IsNaN(scalarProbe + Lanes(probe));
@@ -329,7 +329,7 @@ internal static class QuadKernels
             Vector256<double> output = MultiplyAdd(h, _gamma, _beta);
             Elements<T>.Store256(h, ref xHat, i);
             Elements<T>.Store256(output, ref y, i);
-            return Elements<T>.Probe(output);
+            return Elements<T>.Probe(h, output);
         }
     }
 

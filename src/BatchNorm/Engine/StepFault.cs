@@ -76,7 +76,7 @@ internal readonly record struct StepFault(int Index, FaultCause Cause)
             FaultCause.Parameters => new InvalidOperationException(
                 string.Create(CultureInfo.InvariantCulture, $"{unit} {channel} cannot be normalized: γ[{channel}] = {layer.Gamma[channel]:R} and β[{channel}] = {layer.Beta[channel]:R} must be finite, and so must what the layer makes of them.")),
             FaultCause.Output => new ArgumentException(
-                string.Create(CultureInfo.InvariantCulture, $"{column} cannot be normalized: y = γ·x̂ + β overflows the range of {precision} (γ[{channel}] = {layer.Gamma[channel]:R}, β[{channel}] = {layer.Beta[channel]:R})."), parameterName),
+                string.Create(CultureInfo.InvariantCulture, $"{column} cannot be normalized: y = γ·x̂ + β{(precision == "double" ? "" : ", or x̂ itself,")} overflows the range of {precision} (γ[{channel}] = {layer.Gamma[channel]:R}, β[{channel}] = {layer.Beta[channel]:R})."), parameterName),
             FaultCause.RunningStatistics when layer is RunningStatisticsLayer running => new InvalidOperationException(
                 string.Create(CultureInfo.InvariantCulture, $"{unit} {channel} cannot be normalized: RunningMean[{channel}] = {running.RunningMean[channel]:R} and RunningVariance[{channel}] = {running.RunningVariance[channel]:R}, but the running mean must be finite and the running variance finite and at least 0.")),
             _ => new InvalidOperationException($"{where}: {Cause}."),

@@ -1,4 +1,5 @@
 using System;
+using System.Globalization;
 using MathNet.Numerics.LinearAlgebra;
 
 namespace BatchNorm;
@@ -118,7 +119,6 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
         return (foldedWeights, foldedBias);
     }
 
-    /// <summary>Puts back a batch count saved earlier, for helpers that must leave the layer as they found it.</summary>
     /// <summary>
     /// Folds the inference map into a float Linear layer's weights and bias, as <see cref="FoldInto(Matrix{double}, Vector{double})"/>
     /// does: computed in double from the exact values, each result rounded to float once.
@@ -128,15 +128,30 @@ public abstract class RunningStatisticsLayer : NormalizationLayer
     /// <returns>New float weights and bias.</returns>
     /// <exception cref="ArgumentNullException">An argument is null.</exception>
     /// <exception cref="ArgumentException">The weights do not have <see cref="NormalizationLayer.Features"/> columns or the bias that many elements.</exception>
-    /// <exception cref="InvalidOperationException">The layer keeps no running statistics.</exception>
+    /// <exception cref="InvalidOperationException">The layer keeps no running statistics, or a folded weight or bias lies
+    /// beyond the range of float (the message names it; fold into double weights instead).</exception>
     public (Matrix<float> Weights, Vector<float> Bias) FoldInto(Matrix<float> weights, Vector<float> bias)
     {
         Guard.NotNull(weights, nameof(weights));
         Guard.NotNull(bias, nameof(bias));
         (Matrix<double> foldedWeights, Vector<double> foldedBias) = FoldInto(weights.Map(v => (double)v), bias.Map(v => (double)v));
-        return (foldedWeights.Map(v => (float)v), foldedBias.Map(v => (float)v));
+        Matrix<float> singleWeights = foldedWeights.Map(v => (float)v);
+        Vector<float> singleBias = foldedBias.Map(v => (float)v);
+        for (int j = 0; j < Features; j++)
+        {
+            if (!float.IsFinite(singleBias[j]) || !Elements<float>.AllFinite(DenseColumns.Column(foldedWeights, j)))
+            {
+                string what = float.IsFinite(singleBias[j])
+                    ? string.Create(CultureInfo.InvariantCulture, $"a folded weight of column {j}")
+                    : string.Create(CultureInfo.InvariantCulture, $"the folded bias[{j}] = {foldedBias[j]:R}");
+                throw new InvalidOperationException($"Folding into float weights: {what} lies beyond the range of float. Fold into double weights instead.");
+            }
+        }
+
+        return (singleWeights, singleBias);
     }
 
+    /// <summary>Puts back a batch count saved earlier, for helpers that must leave the layer as they found it.</summary>
     internal void RestoreBatchesTracked(long batches) => BatchesTracked = batches;
 
     /// <summary>Whether a training batch may have fewer than 2 rows (synchronized workers, where the total counts).</summary>
