@@ -301,6 +301,46 @@ public class SynchronizedTests
         Assert.All(allocated, bytes => Assert.Equal(0, bytes));
     }
 
+    /// <summary>
+    /// Two workers over floats, each with half the rows, against one float layer over the whole batch: the merged
+    /// statistics are the same to double's last digits, so y agrees to within one float unit, and dx and the parameter
+    /// gradients (whose sums every worker adds up) to within float's rounding of x̂. Both strategies: the closed form
+    /// reads floats, the staged one gets each worker's step widened, with its sums exchanged in double.
+    /// </summary>
+    [Theory]
+    [InlineData("closed")]
+    [InlineData("staged")]
+    public void Synchronized_workers_over_floats_match_one_float_layer_over_the_whole_batch(string strategy)
+    {
+        var random = new Random(11);
+        Matrix<float> x = Matrix<float>.Build.Dense(10, 3, (_, j) => (float)((100 * j) + random.NextDouble())), dy = Matrix<float>.Build.Dense(10, 3, (_, _) => (float)(random.NextDouble() - 0.5));
+        var whole = new BatchNormLayer(3, backward: ContractTests.Strategy(strategy));
+        Matrix<float> y = whole.Forward(x), dx = whole.Backward(dy);
+        int[] bounds = [0, 4, 10];
+        using var workers = new Workers(2, _ => new BatchNormLayer(3, backward: ContractTests.Strategy(strategy)));
+        (Matrix<float> Y, Matrix<float> Dx, double[] DGamma)[] parts = workers.Each<(Matrix<float>, Matrix<float>, double[])>(r => (layer, _) =>
+        {
+            Matrix<float> mine = x.SubMatrix(bounds[r], bounds[r + 1] - bounds[r], 0, 3), myDy = dy.SubMatrix(bounds[r], bounds[r + 1] - bounds[r], 0, 3);
+            Matrix<float> myY = layer.Forward(mine);
+            Assert.True(layer.Cache!.Synchronized && layer.Cache.SinglePrecision);
+            return (myY, layer.Backward(myDy), layer.GammaGradient.ToArray());
+        });
+        for (int r = 0; r < 2; r++)
+        {
+            for (int i = bounds[r]; i < bounds[r + 1]; i++)
+            {
+                for (int j = 0; j < 3; j++)
+                {
+                    float expected = y[i, j], actual = parts[r].Y[i - bounds[r], j];
+                    Assert.True(actual == expected || actual == MathF.BitIncrement(expected) || actual == MathF.BitDecrement(expected), $"y[{i}, {j}]");
+                    Assert.Equal(dx[i, j], parts[r].Dx[i - bounds[r], j], 1e-5f);
+                }
+            }
+
+            Assert.Equal(whole.GammaGradient.ToArray(), parts[r].DGamma, (a, b) => Math.Abs(a - b) < 1e-5);
+        }
+    }
+
     private static Matrix<double> Stack(System.Collections.Generic.IEnumerable<Matrix<double>> parts)
         => parts.Where(m => m.RowCount > 0).Aggregate((upper, lower) => upper.Stack(lower));
 
