@@ -93,12 +93,8 @@ public class FastPathTests
         (Matrix<double> x, Matrix<double> dy) = Inputs(rows, features, seed: 9);
         Matrix<double> y = Matrix<double>.Build.Dense(rows, features), dx = Matrix<double>.Build.Dense(rows, features);
         var layer = new BatchNormLayer(features) { MaxDegreeOfParallelism = threads };
-        AssertSteadyStateAllocatesNothing(() =>
+        AssertStepsInBothModesAllocateNothing(layer, () =>
         {
-            layer.IsTraining = true;
-            layer.Forward(x, y);
-            layer.Backward(dy, dx);
-            layer.IsTraining = false;
             layer.Forward(x, y);
             layer.Backward(dy, dx);
         });
@@ -120,12 +116,8 @@ public class FastPathTests
         (Matrix<double> x0, Matrix<double> dy0) = Inputs(rows, 132, seed: 4);
         Matrix<float> x = x0.Map(v => (float)v), dy = dy0.Map(v => (float)v);
         Matrix<float> y = Matrix<float>.Build.Dense(rows, 132), dx = Matrix<float>.Build.Dense(rows, 132);
-        AssertSteadyStateAllocatesNothing(() =>
+        AssertStepsInBothModesAllocateNothing(layer, () =>
         {
-            layer.IsTraining = true;
-            layer.Forward(x, y);
-            layer.Backward(dy, dx);
-            layer.IsTraining = false;
             layer.Forward(x, y);
             layer.Backward(dy, dx);
         });
@@ -189,6 +181,16 @@ public class FastPathTests
                 backward(layer, dy, dx);
             };
     }
+
+    /// <summary>A training step and then an inference step of <paramref name="layer"/>, in steady state, allocate nothing.</summary>
+    private static void AssertStepsInBothModesAllocateNothing(INormalizationLayer layer, Action step)
+        => AssertSteadyStateAllocatesNothing(() =>
+        {
+            layer.IsTraining = true;
+            step();
+            layer.IsTraining = false;
+            step();
+        });
 
     /// <summary>
     /// Warms up with a few steps (the first steps of a shape allocate the caches), then runs a fixed number of steps and

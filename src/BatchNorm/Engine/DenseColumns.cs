@@ -67,7 +67,8 @@ internal static class DenseColumns
         }
     }
 
-    private static Matrix<T> Scratch<T>(int rows, int columns, ref Matrix<T>? scratch)
+    /// <summary>A dense rows × columns matrix kept in <paramref name="scratch"/>: the one there when its shape fits, else a new one.</summary>
+    public static Matrix<T> Scratch<T>(int rows, int columns, ref Matrix<T>? scratch)
         where T : unmanaged, IEquatable<T>, IFormattable
     {
         if (scratch is null || scratch.RowCount != rows || scratch.ColumnCount != columns)

@@ -311,7 +311,7 @@ internal sealed class NormalizationEngine
     private Matrix<double> Widened<T>(Matrix<T> dy)
         where T : unmanaged, IEquatable<T>, IFormattable
     {
-        Matrix<double> wide = Scratch(ref _wideDy, dy.RowCount, dy.ColumnCount);
+        Matrix<double> wide = DenseColumns.Scratch(dy.RowCount, dy.ColumnCount, ref _wideDy);
         Elements<T>.Widen(DenseColumns.Data(dy), DenseColumns.Data(wide));
         return wide;
     }
@@ -322,17 +322,7 @@ internal sealed class NormalizationEngine
     /// <summary>Double scratch for dx, shaped as <paramref name="dx"/>.</summary>
     private Matrix<double> WideDx<T>(Matrix<T> dx)
         where T : unmanaged, IEquatable<T>, IFormattable
-        => Scratch(ref _wideDx, dx.RowCount, dx.ColumnCount);
-
-    private static Matrix<double> Scratch(ref Matrix<double>? scratch, int rows, int columns)
-    {
-        if (scratch is null || scratch.RowCount != rows || scratch.ColumnCount != columns)
-        {
-            scratch = Matrix<double>.Build.Dense(rows, columns);
-        }
-
-        return scratch;
-    }
+        => DenseColumns.Scratch(dx.RowCount, dx.ColumnCount, ref _wideDx);
 
     /// <returns>The first column whose input gradient came out non-finite, or none.</returns>
     private StepFault RunColumns<T>(BackwardStrategy strategy, NormalizationCache cache, double[] scale, Matrix<T> dy, Matrix<T> dx, BackwardSteps steps)
@@ -689,9 +679,9 @@ internal sealed class NormalizationEngine
                     Normalize<double>(k, values, center, correction, cache.Mean[k], cache.Variance[k], cache.InverseStandardDeviation[k], xHat, y);
                     cache.Layout.Scatter(xHat, k, _xHat);
                     cache.Layout.Scatter(y, k, _y);
-                    if (!Elements<T>.AllFinite(y) || !Elements<T>.AllFinite(xHat))
+                    if (typeof(T) != typeof(double) && !(Elements<T>.AllFinite(y) && Elements<T>.AllFinite(xHat)))
                     {
-                        // Finite in double, but beyond the range of T once rounded.
+                        // Finite in double, but beyond the range of T once rounded (for double, Normalize has judged it).
                         Record(ref forward._fault, new StepFault(k / _blocks, FaultCause.Output));
                     }
                 }
@@ -773,8 +763,9 @@ internal sealed class NormalizationEngine
                         layout.Gather(xHatData, k, xHat);
                         Segment<double>(strategy, cache, k, dy, xHat, dx, stream);
                         layout.Scatter(dx, k, dxData);
-                        if (!Elements<T>.AllFinite(dx))
+                        if (typeof(T) != typeof(double) && !Elements<T>.AllFinite(dx))
                         {
+                            // Finite in double, but beyond the range of T once rounded.
                             Record(ref _fault, new StepFault(k / blocks, FaultCause.InputGradient));
                         }
                     }
