@@ -26,7 +26,8 @@ internal static class ColumnKernels
     /// <remarks>
     /// Shifted sums around a center c, first c = x[0]: d = x − c is exact near the mean (Sterbenz's lemma),
     /// the correction is mean(d), and the corrected sum of squares Σd² − (Σd)²/n gives σ². When c turns out
-    /// to lie farther than σ/4 from the mean, a second pass repeats this around the mean found by the first.
+    /// to lie too far from the mean (<see cref="ShiftedMoments{T}"/>: σ/4 for double, 16σ for float), a second pass
+    /// repeats this around the mean found by the first.
     /// Never E[x²] − E[x]². NaN or infinity in x gives a non-finite result.
     /// </remarks>
     public static void Moments<T>(ReadOnlySpan<T> x, out double mean, out double meanCorrection, out double variance)
@@ -39,7 +40,7 @@ internal static class ColumnKernels
         {
             // A short segment adds in the order of QuadKernels, which computes four segments at once.
             (double sum, double sumOfSquares) = isShort ? QuadKernels.CenteredSum(x, center) : Reduce(x, x, new CenteredSums(center));
-            if (ShiftedMoments(sum, sumOfSquares, n, out double offset, out variance) || pass == 1)
+            if (ShiftedMoments<T>(sum, sumOfSquares, n, out double offset, out variance) || pass == 1)
             {
                 mean = center;
                 meanCorrection = offset;
@@ -51,20 +52,23 @@ internal static class ColumnKernels
     }
 
     /// <summary>
-    /// From the sums of one pass around a center c, Σd and Σd² with d = x − c over n values: the offset of the mean
-    /// from c, the biased variance by the corrected formula (Σd² − Σd·offset)/n, and whether c lay close enough to the
-    /// mean for that formula to keep its digits.
+    /// From the sums of one pass around a center c, Σd and Σd² with d = x − c over n values of type T: the offset of the
+    /// mean from c, the biased variance by the corrected formula (Σd² − Σd·offset)/n, and whether c lay close enough to
+    /// the mean for that formula to keep the digits T needs.
     /// </summary>
-    /// <returns>True when one pass suffices. The corrected formula loses about log₂(1 + offset²/σ²) bits, so it suffices
-    /// when c lies within σ/4 of the mean (a loss under 0.1 bit) and the squares did not overflow; otherwise the caller
-    /// passes again around the mean. A non-finite offset (NaN or ±∞ in the data) needs no second pass.</returns>
-    public static bool ShiftedMoments(double sum, double sumOfSquares, int n, out double offset, out double variance)
+    /// <returns>True when one pass suffices. The corrected formula loses about log₂(1 + offset²/σ²) bits of its 53, so
+    /// it suffices when c lies close enough to the mean (<see cref="Elements{T}.CenterWeight"/>: within σ/4 for double, a
+    /// loss under 0.1 bit; within 16σ for float, at most 8 bits, which leaves 45 where float keeps 24) and the squares did
+    /// not overflow; otherwise the caller passes again around the mean. A non-finite offset (NaN or ±∞ in the data) needs
+    /// no second pass.</returns>
+    public static bool ShiftedMoments<T>(double sum, double sumOfSquares, int n, out double offset, out double variance)
+        where T : unmanaged
     {
         offset = sum / n;
         variance = Math.Max(0.0, (sumOfSquares - (sum * offset)) / n);
 
         // Where the squares around a far center overflowed, those around the mean may still fit: pass again.
-        return (16 * offset * offset <= variance && double.IsFinite(variance)) || !double.IsFinite(offset);
+        return (Elements<T>.CenterWeight * offset * offset <= variance && double.IsFinite(variance)) || !double.IsFinite(offset);
     }
 
     /// <summary>Effectively computes (Σ dy[i], Σ dy[i]·x̂[i]).</summary>
@@ -175,10 +179,10 @@ internal static class ColumnKernels
             {
                 for (; i <= end - (4 * width); i += 4 * width)
                 {
-                    Vector<double> a1 = Elements<T>.LoadVector(ref a0, (nuint)i), b1 = Elements<T>.LoadVector(ref b0, (nuint)i);
-                    Vector<double> a2 = Elements<T>.LoadVector(ref a0, (nuint)(i + width)), b2 = Elements<T>.LoadVector(ref b0, (nuint)(i + width));
-                    Vector<double> a3 = Elements<T>.LoadVector(ref a0, (nuint)(i + (2 * width))), b3 = Elements<T>.LoadVector(ref b0, (nuint)(i + (2 * width)));
-                    Vector<double> a4 = Elements<T>.LoadVector(ref a0, (nuint)(i + (3 * width))), b4 = Elements<T>.LoadVector(ref b0, (nuint)(i + (3 * width)));
+                    Vector<double> a1 = Elements<T>.LoadVector(ref a0, (nuint)i), b1 = LoadB(op.ReadsB, ref b0, (nuint)i);
+                    Vector<double> a2 = Elements<T>.LoadVector(ref a0, (nuint)(i + width)), b2 = LoadB(op.ReadsB, ref b0, (nuint)(i + width));
+                    Vector<double> a3 = Elements<T>.LoadVector(ref a0, (nuint)(i + (2 * width))), b3 = LoadB(op.ReadsB, ref b0, (nuint)(i + (2 * width)));
+                    Vector<double> a4 = Elements<T>.LoadVector(ref a0, (nuint)(i + (3 * width))), b4 = LoadB(op.ReadsB, ref b0, (nuint)(i + (3 * width)));
                     f0 += op.First(a1, b1);
                     f1 += op.First(a2, b2);
                     f2 += op.First(a3, b3);
@@ -191,7 +195,7 @@ internal static class ColumnKernels
 
                 for (; i <= end - width; i += width)
                 {
-                    Vector<double> a1 = Elements<T>.LoadVector(ref a0, (nuint)i), b1 = Elements<T>.LoadVector(ref b0, (nuint)i);
+                    Vector<double> a1 = Elements<T>.LoadVector(ref a0, (nuint)i), b1 = LoadB(op.ReadsB, ref b0, (nuint)i);
                     f0 += op.First(a1, b1);
                     s0 = op.AccumulateSecond(a1, b1, s0);
                 }
@@ -216,9 +220,8 @@ internal static class ColumnKernels
     /// <summary>An element-wise map from a and b to one or two destinations.</summary>
     /// <returns>Whether every value of the checked destination (the second if there is one, else the first) is finite as stored.</returns>
     /// <remarks>
-    /// Each element is read before it is written, so a destination may alias a source. The check costs a few operations
-    /// per vector in registers (<see cref="Elements{T}.Probe(Vector{double})"/>): 0 for a value that stays finite once
-    /// stored, NaN otherwise, and NaN survives the sum.
+    /// Each element is read before it is written, so a destination may alias a source. The check costs two operations
+    /// per stored vector in registers: the store's probe, or-ed into a register (<see cref="Elements{T}.HasFault(Vector{double})"/>).
     /// </remarks>
     private static bool Map<T, TOp>(ReadOnlySpan<T> a, ReadOnlySpan<T> b, Span<T> first, Span<T> second, TOp op, bool stream)
         where T : unmanaged
@@ -235,31 +238,30 @@ internal static class ColumnKernels
         ref T first0 = ref MemoryMarshal.GetReference(first);
         ref T second0 = ref MemoryMarshal.GetReference(second);
         int i = 0;
-        Vector<double> probe = Vector<double>.Zero;
-        double scalarProbe = 0;
-        if (Vector.IsHardwareAccelerated)
+        bool streamedFinite = true;
+        if (Vector.IsHardwareAccelerated && stream && width == Vector256<double>.Count && Vector256.IsHardwareAccelerated && length >= 64)
         {
-            if (stream && width == Vector256<double>.Count && Vector256.IsHardwareAccelerated && length >= 64)
-            {
-                i = MapStreaming(ref a0, ref b0, first, ref second0, length, op, ref probe, ref scalarProbe);
-            }
-
-            for (; i <= length - width; i += width)
-            {
-                op.Apply(Elements<T>.LoadVector(ref a0, (nuint)i), Elements<T>.LoadVector(ref b0, (nuint)i), out Vector<double> r1, out Vector<double> r2);
-                Elements<T>.StoreVector(r1, ref first0, (nuint)i);
-                if (op.HasSecond)
-                {
-                    Elements<T>.StoreVector(r2, ref second0, (nuint)i);
-                    probe += Elements<T>.Probe(r1, r2);
-                }
-                else
-                {
-                    probe += Elements<T>.Probe(r1);
-                }
-            }
+            (i, streamedFinite) = MapStreaming(ref a0, ref b0, first, ref second0, length, op);
         }
 
+        // The probe gathers in a register, and lives only as long as the loop: one whose address is taken (passed by
+        // reference), or that lives across a call, is kept in memory instead, and each step then waits on the last one's
+        // store.
+        bool vectorsFinite = true;
+        if (Vector.IsHardwareAccelerated)
+        {
+            Vector<double> probe = Vector<double>.Zero;
+            for (; i <= length - width; i += width)
+            {
+                op.Apply(Elements<T>.LoadVector(ref a0, (nuint)i), LoadB(op.ReadsB, ref b0, (nuint)i), out Vector<double> r1, out Vector<double> r2);
+                Vector<double> stored = Elements<T>.StoreVector(r1, ref first0, (nuint)i);
+                probe |= op.HasSecond ? Elements<T>.Outputs(stored, Elements<T>.StoreVector(r2, ref second0, (nuint)i)) : stored;
+            }
+
+            vectorsFinite = !Elements<T>.HasFault(probe);
+        }
+
+        double scalarProbe = 0;
         for (; i < length; i++)
         {
             op.Apply(Elements<T>.Get(ref a0, i), Elements<T>.Get(ref b0, i), out double r1, out double r2);
@@ -272,29 +274,31 @@ internal static class ColumnKernels
             scalarProbe += op.HasSecond ? Elements<T>.Probe(r1, r2) : Elements<T>.Probe(r1);
         }
 
-        return !double.IsNaN(scalarProbe + Vector.Sum(probe));
+        return streamedFinite && vectorsFinite && !double.IsNaN(scalarProbe);
     }
 
     /// <summary>
-    /// Outputs of at least this many elements (4 MiB of doubles) are written with non-temporal stores: they would not stay
-    /// in the per-core caches anyway, and streaming them saves the read that a cached write costs first.
-    /// Measured with benchmarks/BatchNorm.Benchmarks: below it, streaming slows the step down.
+    /// Outputs of at least this many elements (4 MiB of doubles, 2 MiB of floats) are written with non-temporal stores:
+    /// they would not stay in the per-core caches anyway, and streaming them saves the read that a cached write costs
+    /// first. Measured with benchmarks/BatchNorm.Benchmarks: below it, streaming slows the step down.
     /// </summary>
     public const long StreamingThreshold = 1 << 19;
 
     /// <summary>
     /// The vector body of <see cref="Map{T, TOp}"/> with non-temporal stores to the first destination, which is
-    /// pinned so that its alignment cannot change under a compacting GC. Returns where the scalar tail starts.
+    /// pinned so that its alignment cannot change under a compacting GC. Returns where the scalar tail starts, and whether
+    /// every value it stored is finite.
     /// </summary>
-    private static unsafe int MapStreaming<T, TOp>(ref T a0, ref T b0, Span<T> first, ref T second0, int length, TOp op, ref Vector<double> probe, ref double scalarProbe)
+    private static unsafe (int Next, bool Finite) MapStreaming<T, TOp>(ref T a0, ref T b0, Span<T> first, ref T second0, int length, TOp op)
         where T : unmanaged
         where TOp : struct, IMapOp
     {
         int width = Vector256<double>.Count, alignment = Elements<T>.StreamAlignment;
         fixed (T* destination = first)
         {
-            // Scalars until the destination is aligned for a store of four elements; then aligned streaming stores.
+            // Scalars until the destination is aligned for a store of eight elements; then aligned streaming stores.
             int i = (int)((nuint)(alignment - ((nint)destination & (alignment - 1))) & (nuint)(alignment - 1)) / Elements<T>.Size;
+            double scalarProbe = 0;
             for (int k = 0; k < i; k++)
             {
                 op.Apply(Elements<T>.Get(ref a0, k), Elements<T>.Get(ref b0, k), out double r1, out double r2);
@@ -307,30 +311,32 @@ internal static class ColumnKernels
                 scalarProbe += op.HasSecond ? Elements<T>.Probe(r1, r2) : Elements<T>.Probe(r1);
             }
 
-            // The probe sums in a register: added through the reference each step, it would wait on a store and a load.
-            Vector<double> streamProbe = Vector<double>.Zero;
-            for (; i <= length - width; i += width)
+            Vector<double> probe = Vector<double>.Zero;
+            for (; i <= length - (2 * width); i += 2 * width)
             {
-                op.Apply(Elements<T>.LoadVector(ref a0, (nuint)i), Elements<T>.LoadVector(ref b0, (nuint)i), out Vector<double> r1, out Vector<double> r2);
-                Elements<T>.Stream256(r1.AsVector256(), destination + i);
-                if (op.HasSecond)
-                {
-                    Elements<T>.StoreVector(r2, ref second0, (nuint)i);
-                    streamProbe += Elements<T>.Probe(r1, r2);
-                }
-                else
-                {
-                    streamProbe += Elements<T>.Probe(r1);
-                }
+                op.Apply(Elements<T>.LoadVector(ref a0, (nuint)i), LoadB(op.ReadsB, ref b0, (nuint)i), out Vector<double> r1, out Vector<double> r2);
+                op.Apply(Elements<T>.LoadVector(ref a0, (nuint)(i + width)), LoadB(op.ReadsB, ref b0, (nuint)(i + width)), out Vector<double> s1, out Vector<double> s2);
+                Vector<double> stored = Elements<T>.Stream256(r1.AsVector256(), s1.AsVector256(), destination + i).AsVector();
+                probe |= op.HasSecond
+                    ? Elements<T>.Outputs(stored, Elements<T>.StoreVector(r2, ref second0, (nuint)i) | Elements<T>.StoreVector(s2, ref second0, (nuint)(i + width)))
+                    : stored;
             }
 
-            probe += streamProbe;
-            return i;
+            return (i, !double.IsNaN(scalarProbe) && !Elements<T>.HasFault(probe));
         }
     }
 
+    /// <summary>The second source's vector at <paramref name="index"/>, or zeros for an op that does not read it: the loop then neither loads it nor checks its address.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector<double> LoadB<T>(bool reads, ref T b0, nuint index)
+        where T : unmanaged
+        => reads ? Elements<T>.LoadVector(ref b0, index) : default;
+
+    /// <summary>A reduction's element-wise terms; <see cref="ReadsB"/> false lets the loop skip the second source.</summary>
     private interface IReduceOp
     {
+        bool ReadsB { get; }
+
         Vector<double> First(Vector<double> a, Vector<double> b);
 
         Vector<double> AccumulateSecond(Vector<double> a, Vector<double> b, Vector<double> sum);
@@ -340,8 +346,11 @@ internal static class ColumnKernels
         double Second(double a, double b);
     }
 
+    /// <summary>A map's element-wise operation; <see cref="ReadsB"/> false lets the loop skip the second source.</summary>
     private interface IMapOp
     {
+        bool ReadsB { get; }
+
         bool HasSecond { get; }
 
         void Apply(Vector<double> a, Vector<double> b, out Vector<double> first, out Vector<double> second);
@@ -352,11 +361,15 @@ internal static class ColumnKernels
     /// <summary>Σ(a − c) and Σ(a − c)².</summary>
     private readonly struct CenteredSums(double center) : IReduceOp
     {
-        public Vector<double> First(Vector<double> a, Vector<double> b) => a - new Vector<double>(center);
+        private readonly Vector<double> _center = new(center);
+
+        public bool ReadsB => false;
+
+        public Vector<double> First(Vector<double> a, Vector<double> b) => a - _center;
 
         public Vector<double> AccumulateSecond(Vector<double> a, Vector<double> b, Vector<double> sum)
         {
-            Vector<double> d = a - new Vector<double>(center);
+            Vector<double> d = a - _center;
             return MultiplyAdd(d, d, sum);
         }
 
@@ -368,6 +381,8 @@ internal static class ColumnKernels
     /// <summary>Σa and Σa·b.</summary>
     private readonly struct SumAndDotOp : IReduceOp
     {
+        public bool ReadsB => true;
+
         public Vector<double> First(Vector<double> a, Vector<double> b) => a;
 
         public Vector<double> AccumulateSecond(Vector<double> a, Vector<double> b, Vector<double> sum) => MultiplyAdd(a, b, sum);
@@ -379,12 +394,16 @@ internal static class ColumnKernels
 
     private readonly struct NormalizeOp(double mean, double meanCorrection, double inverseStd, double gamma, double beta) : IMapOp
     {
+        private readonly Vector<double> _mean = new(mean), _correction = new(meanCorrection), _inverseStd = new(inverseStd), _gamma = new(gamma), _beta = new(beta);
+
+        public bool ReadsB => false;
+
         public bool HasSecond => true;
 
         public void Apply(Vector<double> a, Vector<double> b, out Vector<double> first, out Vector<double> second)
         {
-            first = Normalized(a, new Vector<double>(mean), new Vector<double>(meanCorrection), new Vector<double>(inverseStd));
-            second = MultiplyAdd(first, new Vector<double>(gamma), new Vector<double>(beta));
+            first = Normalized(a, _mean, _correction, _inverseStd);
+            second = MultiplyAdd(first, _gamma, _beta);
         }
 
         public void Apply(double a, double b, out double first, out double second)
@@ -396,11 +415,15 @@ internal static class ColumnKernels
 
     private readonly struct ClosedFormOp(double meanDy, double meanDyXHat, double scale) : IMapOp
     {
+        private readonly Vector<double> _meanDy = new(meanDy), _meanDyXHat = new(meanDyXHat), _scale = new(scale);
+
+        public bool ReadsB => true;
+
         public bool HasSecond => false;
 
         public void Apply(Vector<double> a, Vector<double> b, out Vector<double> first, out Vector<double> second)
         {
-            first = ElementFormulas.ClosedFormInputGradient(a, b, new Vector<double>(meanDy), new Vector<double>(meanDyXHat), new Vector<double>(scale));
+            first = ElementFormulas.ClosedFormInputGradient(a, b, _meanDy, _meanDyXHat, _scale);
             second = default;
         }
 
@@ -413,11 +436,15 @@ internal static class ColumnKernels
 
     private readonly struct ScaleOp(double scale) : IMapOp
     {
+        private readonly Vector<double> _scale = new(scale);
+
+        public bool ReadsB => false;
+
         public bool HasSecond => false;
 
         public void Apply(Vector<double> a, Vector<double> b, out Vector<double> first, out Vector<double> second)
         {
-            first = a * new Vector<double>(scale);
+            first = a * _scale;
             second = default;
         }
 

@@ -146,31 +146,38 @@ internal static class Elements<T>
     }
 
     /// <summary>Stores the lanes of <paramref name="value"/>, rounded, from <paramref name="index"/> on.</summary>
+    /// <returns>The probe of the stored lanes (see <see cref="HasFault(Vector{double})"/>).</returns>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void StoreVector(Vector<double> value, ref T first, nuint index)
+    public static Vector<double> StoreVector(Vector<double> value, ref T first, nuint index)
     {
         if (typeof(T) == typeof(double))
         {
             value.StoreUnsafe(ref Unsafe.As<T, double>(ref first), index);
+            return value - value;
         }
-        else if (Vector<double>.Count == Vector256<double>.Count)
+
+        if (Vector<double>.Count == Vector256<double>.Count)
         {
-            Store256(value.AsVector256(), ref first, index);
+            return Store256(value.AsVector256(), ref first, index).AsVector();
         }
-        else if (Vector<double>.Count == Vector128<double>.Count)
+
+        if (Vector<double>.Count == Vector128<double>.Count)
         {
             Vector128<double> pair = value.AsVector128();
-            Unsafe.WriteUnaligned(ref Unsafe.As<T, byte>(ref Unsafe.Add(ref first, index)), Vector128.Narrow(pair, pair).AsDouble().ToScalar());
+            Vector128<float> rounded = Vector128.Narrow(pair, pair);
+            Unsafe.WriteUnaligned(ref Unsafe.As<T, byte>(ref Unsafe.Add(ref first, index)), rounded.AsDouble().ToScalar());
+            return (rounded - rounded).AsDouble().AsVector();
         }
-        else if (Vector<double>.Count == Vector512<double>.Count)
+
+        if (Vector<double>.Count == Vector512<double>.Count)
         {
             Vector512<double> wide = value.AsVector512();
-            Vector512.Narrow(wide, wide).GetLower().StoreUnsafe(ref Unsafe.As<T, float>(ref first), index);
+            Vector512<float> rounded = Vector512.Narrow(wide, wide);
+            rounded.GetLower().StoreUnsafe(ref Unsafe.As<T, float>(ref first), index);
+            return (rounded - rounded).AsDouble().AsVector();
         }
-        else
-        {
-            throw UnsupportedWidth();
-        }
+
+        throw UnsupportedWidth();
     }
 
     /// <summary>Loads four elements from <paramref name="index"/> on, widened to double.</summary>
@@ -187,65 +194,75 @@ internal static class Elements<T>
     }
 
     /// <summary>Stores four lanes, rounded, from <paramref name="index"/> on.</summary>
+    /// <returns>The probe of the stored lanes (see <see cref="HasFault(Vector256{double})"/>).</returns>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Store256(Vector256<double> value, ref T first, nuint index)
+    public static Vector256<double> Store256(Vector256<double> value, ref T first, nuint index)
     {
         if (typeof(T) == typeof(double))
         {
             value.StoreUnsafe(ref Unsafe.As<T, double>(ref first), index);
-            return;
+            return value - value;
         }
 
-        Narrow(value).StoreUnsafe(ref Unsafe.As<T, float>(ref first), index);
+        Vector128<float> rounded = Narrow(value);
+        rounded.StoreUnsafe(ref Unsafe.As<T, float>(ref first), index);
+        return (rounded - rounded).AsDouble().ToVector256();
     }
 
     /// <summary>
-    /// Stores four lanes, rounded, with a non-temporal store to <paramref name="address"/>, which is aligned to
-    /// <see cref="StreamAlignment"/> bytes.
+    /// Stores eight lanes, rounded, with non-temporal stores to <paramref name="address"/>, which is aligned to
+    /// <see cref="StreamAlignment"/> bytes: the lanes of <paramref name="low"/> and then those of <paramref name="high"/>.
     /// </summary>
+    /// <returns>The probe of the stored lanes (see <see cref="HasFault(Vector256{double})"/>).</returns>
+    /// <remarks>For float the eight lanes are one store of 32 bytes, as four doubles are: streamed four floats at a
+    /// time, columns of 16 KiB of floats were measured to write more slowly than the same columns of doubles.</remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe void Stream256(Vector256<double> value, T* address)
+    public static unsafe Vector256<double> Stream256(Vector256<double> low, Vector256<double> high, T* address)
     {
         if (typeof(T) == typeof(double))
         {
-            Vector256.StoreAlignedNonTemporal(value, (double*)address);
-            return;
+            Vector256.StoreAlignedNonTemporal(low, (double*)address);
+            Vector256.StoreAlignedNonTemporal(high, (double*)address + Vector256<double>.Count);
+            return (low - low) | (high - high);
         }
 
-        Vector128.StoreAlignedNonTemporal(Narrow(value), (float*)address);
+        Vector256<float> rounded = Vector256.Create(Narrow(low), Narrow(high));
+        Vector256.StoreAlignedNonTemporal(rounded, (float*)address);
+        return (rounded - rounded).AsDouble();
     }
 
     /// <summary>
-    /// The finiteness probe of a result about to be stored: 0 where it is finite once rounded to
+    /// Gets whether a probe, or the bitwise or of probes, shows a stored value that is not finite. A store's probe is the
+    /// stored value minus itself, as bits: 0 (all bits clear) where the value is finite as stored, NaN (some bit set)
+    /// where it is NaN or ±∞, which for float includes a finite double that rounded to ±∞. So the check costs a
+    /// subtraction and an or per stored vector, in registers, and no comparison.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static bool HasFault(Vector<double> probe) => !Vector.EqualsAll(Vector.AsVectorUInt64(probe), Vector<ulong>.Zero);
+
+    /// <inheritdoc cref="HasFault(Vector{double})"/>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static bool HasFault(Vector256<double> probe) => !Vector256.EqualsAll(probe.AsUInt64(), Vector256<ulong>.Zero);
+
+    /// <summary>
+    /// The probe of a normalization's two stored outputs, x̂ and y: y's, and with float also x̂'s. In training x̂ is
+    /// bounded (by √N), but with the running statistics of inference it is not, and a float x̂ beyond float's range would
+    /// be cached as ∞ while y, scaled by a small γ, stays finite.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector<double> Outputs(Vector<double> normalized, Vector<double> output)
+        => typeof(T) == typeof(double) ? output : normalized | output;
+
+    /// <inheritdoc cref="Outputs(Vector{double}, Vector{double})"/>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<double> Outputs(Vector256<double> normalized, Vector256<double> output)
+        => typeof(T) == typeof(double) ? output : normalized | output;
+
+    /// <summary>
+    /// The finiteness probe of a scalar result about to be stored: 0 where it is finite once rounded to
     /// <typeparamref name="T"/>, NaN where it is not (NaN, ±∞, or for float a finite double that rounds to ±∞). Added up
     /// over a loop, the probes are NaN exactly when some stored value is not finite.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector<double> Probe(Vector<double> value)
-    {
-        if (typeof(T) == typeof(double))
-        {
-            // v − v is 0 for a finite v and NaN for NaN or ±∞.
-            return value - value;
-        }
-
-        // Not less than the limit (or NaN): the value rounds to ±∞ or is NaN.
-        return Vector.ConditionalSelect(Vector.LessThan(Vector.Abs(value), new Vector<double>(FloatLimit)), Vector<double>.Zero, new Vector<double>(double.NaN));
-    }
-
-    /// <inheritdoc cref="Probe(Vector{double})"/>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<double> Probe(Vector256<double> value)
-    {
-        if (typeof(T) == typeof(double))
-        {
-            return value - value;
-        }
-
-        return Vector256.ConditionalSelect(Vector256.LessThan(Vector256.Abs(value), Vector256.Create(FloatLimit)), Vector256<double>.Zero, Vector256.Create(double.NaN));
-    }
-
-    /// <inheritdoc cref="Probe(Vector{double})"/>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static double Probe(double value)
     {
@@ -257,24 +274,25 @@ internal static class Elements<T>
         return Math.Abs(value) < FloatLimit ? 0 : double.NaN;
     }
 
-    /// <summary>
-    /// The probe of a normalization's two outputs, x̂ and y: y's, and with float also x̂'s. In training x̂ is bounded (by
-    /// √N), but with the running statistics of inference it is not, and a float x̂ beyond float's range would be cached
-    /// as ∞ while y, scaled by a small γ, stays finite.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector<double> Probe(Vector<double> normalized, Vector<double> output)
-        => typeof(T) == typeof(double) ? Probe(output) : Probe(normalized) + Probe(output);
-
-    /// <inheritdoc cref="Probe(Vector{double}, Vector{double})"/>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<double> Probe(Vector256<double> normalized, Vector256<double> output)
-        => typeof(T) == typeof(double) ? Probe(output) : Probe(normalized) + Probe(output);
-
-    /// <inheritdoc cref="Probe(Vector{double}, Vector{double})"/>
+    /// <summary>The probe of a normalization's two scalar outputs, x̂ and y, as <see cref="Outputs(Vector{double}, Vector{double})"/> combines them.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static double Probe(double normalized, double output)
         => typeof(T) == typeof(double) ? Probe(output) : Probe(normalized) + Probe(output);
+
+    /// <summary>
+    /// Gets how close to the mean the center of one pass of shifted sums must lie for that pass to suffice: within σ/4
+    /// for double, within 16σ for float (see <see cref="ColumnKernels.ShiftedMoments{T}"/>). Stated as the weight w of
+    /// the test w·offset² ≤ σ², 16 or 2⁻⁸: powers of two, so that the product is exact.
+    /// </summary>
+    /// <remarks>
+    /// The pass around c computes σ² = (Σd² − Σd·offset)/n from d = x − c, and the rounding errors of Σd², relative to
+    /// σ² + offset², are magnified by 1 + offset²/σ²: at most 1 + 1/16 for double, at most 257 (8 bits of double's 53)
+    /// for float. For float data the pass around c = x[0] is moreover exact term by term (x − c and (x − c)² of two
+    /// floats are doubles, but for exponents 29 apart), so only the additions round, and the statistics keep at least
+    /// 40 bits where float needs 24. A second pass, which reads the data again, is then left to the rare center more
+    /// than 16σ from the mean; for float data that read is most of the cost of the statistics.
+    /// </remarks>
+    public static double CenterWeight => typeof(T) == typeof(float) ? 1.0 / 256 : 16;
 
     /// <summary>
     /// The least double that rounds to float +∞: the largest float plus half its spacing, 2¹²⁸ − 2¹⁰³ (a tie, which rounds
@@ -282,8 +300,8 @@ internal static class Elements<T>
     /// </summary>
     internal const double FloatLimit = 3.4028235677973366E+38;
 
-    /// <summary>Gets the alignment in bytes of the store of four elements (<see cref="Stream256"/>).</summary>
-    public static int StreamAlignment => 4 * Size;
+    /// <summary>Gets the alignment in bytes of the store of eight elements (<see cref="Stream256"/>).</summary>
+    public static int StreamAlignment => 8 * Size;
 
     /// <summary>The four lanes rounded to float: vcvtpd2ps where AVX is there.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

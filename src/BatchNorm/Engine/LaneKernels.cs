@@ -45,7 +45,7 @@ internal static class LaneKernels
                 // Four rows at a time, lane by lane as below.
                 for (; i <= rows - 4; i += 4)
                 {
-                    Vector256<double> done = QuadKernels.ShiftedMoments(
+                    Vector256<double> done = QuadKernels.ShiftedMoments<T>(
                         Vector256.Create<double>(sum[i..]), Vector256.Create<double>(squares[i..]), count, out Vector256<double> offset, out Vector256<double> rowVariance);
                     offset.CopyTo(correction[i..]);
                     rowVariance.CopyTo(variance[i..]);
@@ -62,7 +62,7 @@ internal static class LaneKernels
             {
                 // A row whose center lay too far from its mean passes again around the mean; the others keep their
                 // center and recompute the same values.
-                if (!ColumnKernels.ShiftedMoments(sum[i], squares[i], count, out correction[i], out variance[i]) && pass == 0)
+                if (!ColumnKernels.ShiftedMoments<T>(sum[i], squares[i], count, out correction[i], out variance[i]) && pass == 0)
                 {
                     center[i] += correction[i];
                     again = true;
@@ -297,16 +297,8 @@ internal static class LaneKernels
                         Elements<T>.LoadVector(ref a0, (nuint)i), Elements<T>.LoadVector(ref b0, (nuint)i), v1, v2,
                         Vector.LoadUnsafe(ref l10, (nuint)i), Vector.LoadUnsafe(ref l20, (nuint)i), Vector.LoadUnsafe(ref l30, (nuint)i),
                         out Vector<double> r1, out Vector<double> r2);
-                    Elements<T>.StoreVector(r1, ref o10, (nuint)i);
-                    if (op.HasSecond)
-                    {
-                        Elements<T>.StoreVector(r2, ref o20, (nuint)i);
-                        probe += Elements<T>.Probe(r1, r2);
-                    }
-                    else
-                    {
-                        probe += Elements<T>.Probe(r1);
-                    }
+                    Vector<double> stored = Elements<T>.StoreVector(r1, ref o10, (nuint)i);
+                    probe |= op.HasSecond ? Elements<T>.Outputs(stored, Elements<T>.StoreVector(r2, ref o20, (nuint)i)) : stored;
                 }
             }
 
@@ -323,7 +315,7 @@ internal static class LaneKernels
             }
         }
 
-        return !double.IsNaN(scalarProbe + Vector.Sum(probe));
+        return !double.IsNaN(scalarProbe) && !Elements<T>.HasFault(probe);
 
         static ref T At(ReadOnlySpan<T> data, int offset) => ref MemoryMarshal.GetReference(data.Slice(offset));
     }

@@ -40,7 +40,7 @@ internal static class QuadKernels
     {
         center = Vector256.Create(x.At(0), x.At(n), x.At(2 * n), x.At(3 * n));
         CenteredSums(ref x, n, center, out Vector256<double> sum, out Vector256<double> squares);
-        Vector256<double> done = ShiftedMoments(sum, squares, n, out correction, out variance);
+        Vector256<double> done = ShiftedMoments<T>(sum, squares, n, out correction, out variance);
         if (Vector256.EqualsAll(done.AsInt64(), Vector256<long>.AllBitsSet))
         {
             return;
@@ -49,7 +49,7 @@ internal static class QuadKernels
         // Every lane passes again around its mean (the lanes already done are kept: their values are unchanged).
         Vector256<double> again = center + correction;
         CenteredSums(ref x, n, again, out sum, out squares);
-        ShiftedMoments(sum, squares, n, out Vector256<double> againCorrection, out Vector256<double> againVariance);
+        ShiftedMoments<T>(sum, squares, n, out Vector256<double> againCorrection, out Vector256<double> againVariance);
         center = Vector256.ConditionalSelect(done, center, again);
         correction = Vector256.ConditionalSelect(done, correction, againCorrection);
         variance = Vector256.ConditionalSelect(done, variance, againVariance);
@@ -190,9 +190,7 @@ internal static class QuadKernels
         {
             Vector256<double> h = Normalized(Elements<T>.Load256(ref x, (nuint)i), c, k, s);
             Vector256<double> output = MultiplyAdd(h, g, b);
-            Elements<T>.Store256(h, ref xHat, (nuint)i);
-            Elements<T>.Store256(output, ref y, (nuint)i);
-            probe += Elements<T>.Probe(h, output);
+            probe |= Elements<T>.Outputs(Elements<T>.Store256(h, ref xHat, (nuint)i), Elements<T>.Store256(output, ref y, (nuint)i));
         }
 
         double scalarProbe = 0;
@@ -204,7 +202,7 @@ internal static class QuadKernels
             scalarProbe += Elements<T>.Probe(h, output);
         }
 
-        return !double.IsNaN(scalarProbe + Lanes(probe));
+        return !double.IsNaN(scalarProbe) && !Elements<T>.HasFault(probe);
     }
 
     /// <summary>
@@ -252,16 +250,16 @@ internal static class QuadKernels
         Vector256<double> p0 = Vector256<double>.Zero, p1 = p0, p2 = p0, p3 = p0;
         for (int i = 0; i < n; i += 4)
         {
-            p0 += l0.Apply(ref input, ref normalized, ref output, (nuint)i);
-            p1 += l1.Apply(ref input, ref normalized, ref output, (nuint)(n + i));
-            p2 += l2.Apply(ref input, ref normalized, ref output, (nuint)((2 * n) + i));
-            p3 += l3.Apply(ref input, ref normalized, ref output, (nuint)((3 * n) + i));
+            p0 |= l0.Apply(ref input, ref normalized, ref output, (nuint)i);
+            p1 |= l1.Apply(ref input, ref normalized, ref output, (nuint)(n + i));
+            p2 |= l2.Apply(ref input, ref normalized, ref output, (nuint)((2 * n) + i));
+            p3 |= l3.Apply(ref input, ref normalized, ref output, (nuint)((3 * n) + i));
         }
 
-        return (double.IsNaN(Lanes(p0)) ? 1 : 0) | (double.IsNaN(Lanes(p1)) ? 2 : 0) | (double.IsNaN(Lanes(p2)) ? 4 : 0) | (double.IsNaN(Lanes(p3)) ? 8 : 0);
+        return (Elements<T>.HasFault(p0) ? 1 : 0) | (Elements<T>.HasFault(p1) ? 2 : 0) | (Elements<T>.HasFault(p2) ? 4 : 0) | (Elements<T>.HasFault(p3) ? 8 : 0);
     }
 
-    /// <summary>One segment's element-wise op on four values at index i of three arrays; returns output − output, the NaN probe.</summary>
+    /// <summary>One segment's element-wise op on four values at index i of three arrays; returns the probe of what it stored.</summary>
     private interface IQuadLane
     {
         Vector256<double> Apply<T>(ref T input, ref T normalized, ref T output, nuint i)
@@ -282,8 +280,7 @@ internal static class QuadKernels
         {
             Vector256<double> g = Elements<T>.Load256(ref dy, (nuint)i);
             Vector256<double> r = frozen ? g * s : ClosedFormInputGradient(g, Elements<T>.Load256(ref xHat, (nuint)i), m, p, s);
-            Elements<T>.Store256(r, ref dx, (nuint)i);
-            probe += Elements<T>.Probe(r);
+            probe |= Elements<T>.Store256(r, ref dx, (nuint)i);
         }
 
         double scalarProbe = 0;
@@ -294,7 +291,7 @@ internal static class QuadKernels
             scalarProbe += Elements<T>.Probe(r);
         }
 
-        return !double.IsNaN(scalarProbe + Lanes(probe));
+        return !double.IsNaN(scalarProbe) && !Elements<T>.HasFault(probe);
     }
 
     /// <summary>1/√(σ² + ε) per lane, as <see cref="ElementFormulas.InverseStandardDeviation"/> computes it.</summary>
@@ -320,16 +317,14 @@ internal static class QuadKernels
         private readonly Vector256<double> _inverseStd = Vector256.Create(inverseStd.GetElement(s)), _gamma = Vector256.Create(gamma.GetElement(s));
         private readonly Vector256<double> _beta = Vector256.Create(beta.GetElement(s));
 
-        /// <summary>Normalizes four values of x at index i into x̂ and y; returns y − y, the NaN probe.</summary>
+        /// <summary>Normalizes four values of x at index i into x̂ and y; returns the probe of what it stored.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public Vector256<double> Apply<T>(ref T x, ref T xHat, ref T y, nuint i)
             where T : unmanaged
         {
             Vector256<double> h = Normalized(Elements<T>.Load256(ref x, i), _center, _correction, _inverseStd);
             Vector256<double> output = MultiplyAdd(h, _gamma, _beta);
-            Elements<T>.Store256(h, ref xHat, i);
-            Elements<T>.Store256(output, ref y, i);
-            return Elements<T>.Probe(h, output);
+            return Elements<T>.Outputs(Elements<T>.Store256(h, ref xHat, i), Elements<T>.Store256(output, ref y, i));
         }
     }
 
@@ -339,14 +334,13 @@ internal static class QuadKernels
         private readonly Vector256<double> _meanDy = Vector256.Create(meanDy.GetElement(s)), _meanDyXHat = Vector256.Create(meanDyXHat.GetElement(s));
         private readonly Vector256<double> _scale = Vector256.Create(scale.GetElement(s));
 
-        /// <summary>dx of four values at index i from dy and x̂; returns dx − dx, the NaN probe.</summary>
+        /// <summary>dx of four values at index i from dy and x̂; returns the probe of what it stored.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public Vector256<double> Apply<T>(ref T dy, ref T xHat, ref T dx, nuint i)
             where T : unmanaged
         {
             Vector256<double> r = ClosedFormInputGradient(Elements<T>.Load256(ref dy, i), Elements<T>.Load256(ref xHat, i), _meanDy, _meanDyXHat, _scale);
-            Elements<T>.Store256(r, ref dx, i);
-            return Elements<T>.Probe(r);
+            return Elements<T>.Store256(r, ref dx, i);
         }
     }
 
@@ -384,10 +378,11 @@ internal static class QuadKernels
     }
 
     /// <summary>
-    /// <see cref="ColumnKernels.ShiftedMoments"/> on four lanes: the offset, the variance, and a mask of the lanes for
+    /// <see cref="ColumnKernels.ShiftedMoments{T}"/> on four lanes: the offset, the variance, and a mask of the lanes for
     /// which one pass suffices.
     /// </summary>
-    public static Vector256<double> ShiftedMoments(Vector256<double> sum, Vector256<double> squares, int n, out Vector256<double> offset, out Vector256<double> variance)
+    public static Vector256<double> ShiftedMoments<T>(Vector256<double> sum, Vector256<double> squares, int n, out Vector256<double> offset, out Vector256<double> variance)
+        where T : unmanaged
     {
         Vector256<double> count = Vector256.Create((double)n), zero = Vector256<double>.Zero;
         offset = sum / count;
@@ -397,7 +392,7 @@ internal static class QuadKernels
         variance = Vector256.ConditionalSelect(Vector256.LessThan(raw, zero), zero, raw);
         Vector256<double> finiteVariance = Vector256.Equals(variance - variance, zero);
         Vector256<double> finiteOffset = Vector256.Equals(offset - offset, zero);
-        Vector256<double> close = Vector256.LessThanOrEqual(Vector256.Create(16.0) * offset * offset, variance);
+        Vector256<double> close = Vector256.LessThanOrEqual(Vector256.Create(Elements<T>.CenterWeight) * offset * offset, variance);
         return (close & finiteVariance) | ~finiteOffset;
     }
 
