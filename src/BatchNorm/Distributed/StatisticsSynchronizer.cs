@@ -30,7 +30,7 @@ internal sealed class StatisticsSynchronizer(IStatisticsExchange exchange)
 
     /// <summary>
     /// The statistics of all workers' rows together: local moments per feature, one all-gather, then Chan's merge in rank
-    /// order into the center, correction (the mean is their sum, kept in two parts as by <see cref="ColumnKernels.Moments"/>)
+    /// order into the center, correction (the mean is their sum, kept in two parts as by <see cref="ColumnKernels.Moments{T}"/>)
     /// and biased variance of each feature.
     /// </summary>
     /// <param name="input">This worker's rows.</param>

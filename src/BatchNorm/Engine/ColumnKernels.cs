@@ -32,6 +32,16 @@ internal static class ColumnKernels
     /// </remarks>
     public static void Moments<T>(ReadOnlySpan<T> x, out double mean, out double meanCorrection, out double variance)
         where T : unmanaged
+        => Moments<T, T>(x, out mean, out meanCorrection, out variance);
+
+    /// <summary>
+    /// <see cref="Moments{T}"/> of data of element type <typeparamref name="TData"/> read as <typeparamref name="T"/>
+    /// (floats gathered and widened into doubles): the center's reach is judged by <typeparamref name="TData"/>'s rule,
+    /// so that a segment's statistics do not depend on whether its values lie contiguously.
+    /// </summary>
+    public static void Moments<T, TData>(ReadOnlySpan<T> x, out double mean, out double meanCorrection, out double variance)
+        where T : unmanaged
+        where TData : unmanaged
     {
         int n = x.Length;
         double center = Elements<T>.ToDouble(x[0]);
@@ -40,7 +50,7 @@ internal static class ColumnKernels
         {
             // A short segment adds in the order of QuadKernels, which computes four segments at once.
             (double sum, double sumOfSquares) = isShort ? QuadKernels.CenteredSum(x, center) : Reduce(x, x, new CenteredSums(center));
-            if (ShiftedMoments<T>(sum, sumOfSquares, n, out double offset, out variance) || pass == 1)
+            if (ShiftedMoments<TData>(sum, sumOfSquares, n, out double offset, out variance) || pass == 1)
             {
                 mean = center;
                 meanCorrection = offset;
@@ -56,11 +66,10 @@ internal static class ColumnKernels
     /// mean from c, the biased variance by the corrected formula (Σd² − Σd·offset)/n, and whether c lay close enough to
     /// the mean for that formula to keep the digits T needs.
     /// </summary>
-    /// <returns>True when one pass suffices. The corrected formula loses about log₂(1 + offset²/σ²) bits of its 53, so
-    /// it suffices when c lies close enough to the mean (<see cref="Elements{T}.CenterWeight"/>: within σ/4 for double, a
-    /// loss under 0.1 bit; within 16σ for float, at most 8 bits, which leaves 45 where float keeps 24) and the squares did
-    /// not overflow; otherwise the caller passes again around the mean. A non-finite offset (NaN or ±∞ in the data) needs
-    /// no second pass.</returns>
+    /// <returns>True when one pass suffices: when c lies close enough to the mean (<see cref="Elements{T}.CenterWeight"/>:
+    /// within σ/4 for double, within 16σ for float, which magnifies the sums' rounding errors at most 1.6 or 770 times) and
+    /// the squares did not overflow; otherwise the caller passes again around the mean. A non-finite offset (NaN or ±∞ in
+    /// the data) needs no second pass.</returns>
     public static bool ShiftedMoments<T>(double sum, double sumOfSquares, int n, out double offset, out double variance)
         where T : unmanaged
     {
@@ -79,7 +88,7 @@ internal static class ColumnKernels
             : Reduce(dy, xHat, default(SumAndDotOp));
 
     /// <summary>Effectively computes x̂[i] = ((x[i] − mean) − meanCorrection)·inverseStd and y[i] = γ·x̂[i] + β.</summary>
-    /// <returns>Whether every y is finite.</returns>
+    /// <returns>Whether every y, and for float every x̂, is finite as stored.</returns>
     /// <remarks>y may be the same memory as x. With <c>stream</c> set, x̂ is written with non-temporal stores (see <see cref="StreamingThreshold"/>).</remarks>
     public static bool Normalize<T>(ReadOnlySpan<T> x, double mean, double meanCorrection, double inverseStd, double gamma, double beta, Span<T> xHat, Span<T> y, bool stream)
         where T : unmanaged
@@ -218,7 +227,7 @@ internal static class ColumnKernels
     }
 
     /// <summary>An element-wise map from a and b to one or two destinations.</summary>
-    /// <returns>Whether every value of the checked destination (the second if there is one, else the first) is finite as stored.</returns>
+    /// <returns>Whether every value stored is finite (with two destinations, x̂ and y: y, and for float x̂ too; see <see cref="Elements{T}.Outputs(Vector{double}, Vector{double})"/>).</returns>
     /// <remarks>
     /// Each element is read before it is written, so a destination may alias a source. The check costs two operations
     /// per stored vector in registers: the store's probe, or-ed into a register (<see cref="Elements{T}.HasFault(Vector{double})"/>).
@@ -254,8 +263,7 @@ internal static class ColumnKernels
             for (; i <= length - width; i += width)
             {
                 op.Apply(Elements<T>.LoadVector(ref a0, (nuint)i), LoadB(op.ReadsB, ref b0, (nuint)i), out Vector<double> r1, out Vector<double> r2);
-                Vector<double> stored = Elements<T>.StoreVector(r1, ref first0, (nuint)i);
-                probe |= op.HasSecond ? Elements<T>.Outputs(stored, Elements<T>.StoreVector(r2, ref second0, (nuint)i)) : stored;
+                probe |= Elements<T>.StoreResults(op.HasSecond, r1, ref first0, r2, ref second0, (nuint)i);
             }
 
             vectorsFinite = !Elements<T>.HasFault(probe);
@@ -265,13 +273,7 @@ internal static class ColumnKernels
         for (; i < length; i++)
         {
             op.Apply(Elements<T>.Get(ref a0, i), Elements<T>.Get(ref b0, i), out double r1, out double r2);
-            Elements<T>.Set(ref first0, i, r1);
-            if (op.HasSecond)
-            {
-                Elements<T>.Set(ref second0, i, r2);
-            }
-
-            scalarProbe += op.HasSecond ? Elements<T>.Probe(r1, r2) : Elements<T>.Probe(r1);
+            scalarProbe += Elements<T>.SetResults(op.HasSecond, r1, ref first0, r2, ref second0, i);
         }
 
         return streamedFinite && vectorsFinite && !double.IsNaN(scalarProbe);
@@ -302,13 +304,7 @@ internal static class ColumnKernels
             for (int k = 0; k < i; k++)
             {
                 op.Apply(Elements<T>.Get(ref a0, k), Elements<T>.Get(ref b0, k), out double r1, out double r2);
-                destination[k] = Elements<T>.FromDouble(r1);
-                if (op.HasSecond)
-                {
-                    Elements<T>.Set(ref second0, k, r2);
-                }
-
-                scalarProbe += op.HasSecond ? Elements<T>.Probe(r1, r2) : Elements<T>.Probe(r1);
+                scalarProbe += Elements<T>.SetResults(op.HasSecond, r1, ref *destination, r2, ref second0, k);
             }
 
             Vector<double> probe = Vector<double>.Zero;

@@ -13,7 +13,7 @@ namespace BatchNorm;
 /// </summary>
 internal static class ElementFormulas
 {
-    /// <summary>x̂ = ((x − center) − correction)·inverseStd: the batch mean is center + correction (see <see cref="ColumnKernels.Moments"/>).</summary>
+    /// <summary>x̂ = ((x − center) − correction)·inverseStd: the batch mean is center + correction (see <see cref="ColumnKernels.Moments{T}"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector<double> Normalized(Vector<double> x, Vector<double> center, Vector<double> correction, Vector<double> inverseStd)
         => (x - center - correction) * inverseStd;

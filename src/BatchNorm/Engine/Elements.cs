@@ -259,6 +259,33 @@ internal static class Elements<T>
         => typeof(T) == typeof(double) ? output : normalized | output;
 
     /// <summary>
+    /// Stores a map's results at <paramref name="index"/>: <paramref name="first"/>, and with <paramref name="hasSecond"/>
+    /// also <paramref name="second"/> (then the two are a normalization's x̂ and y).
+    /// </summary>
+    /// <returns>The probe of what was stored (see <see cref="HasFault(Vector{double})"/> and <see cref="Outputs(Vector{double}, Vector{double})"/>).</returns>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector<double> StoreResults(bool hasSecond, Vector<double> first, ref T firstDestination, Vector<double> second, ref T secondDestination, nuint index)
+    {
+        Vector<double> stored = StoreVector(first, ref firstDestination, index);
+        return hasSecond ? Outputs(stored, StoreVector(second, ref secondDestination, index)) : stored;
+    }
+
+    /// <summary>The scalar <see cref="StoreResults(bool, Vector{double}, ref T, Vector{double}, ref T, nuint)"/>.</summary>
+    /// <returns>The probe of what was stored (see <see cref="Probe(double)"/>).</returns>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static double SetResults(bool hasSecond, double first, ref T firstDestination, double second, ref T secondDestination, nint index)
+    {
+        Set(ref firstDestination, index, first);
+        if (!hasSecond)
+        {
+            return Probe(first);
+        }
+
+        Set(ref secondDestination, index, second);
+        return Probe(first, second);
+    }
+
+    /// <summary>
     /// The finiteness probe of a scalar result about to be stored: 0 where it is finite once rounded to
     /// <typeparamref name="T"/>, NaN where it is not (NaN, ±∞, or for float a finite double that rounds to ±∞). Added up
     /// over a loop, the probes are NaN exactly when some stored value is not finite.
@@ -266,12 +293,9 @@ internal static class Elements<T>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static double Probe(double value)
     {
-        if (typeof(T) == typeof(double))
-        {
-            return value - value;
-        }
-
-        return Math.Abs(value) < FloatLimit ? 0 : double.NaN;
+        // The value as stored minus itself, as the vector stores' probes are: one rule for what "finite as stored" means.
+        double stored = ToDouble(FromDouble(value));
+        return stored - stored;
     }
 
     /// <summary>The probe of a normalization's two scalar outputs, x̂ and y, as <see cref="Outputs(Vector{double}, Vector{double})"/> combines them.</summary>
@@ -282,23 +306,18 @@ internal static class Elements<T>
     /// <summary>
     /// Gets how close to the mean the center of one pass of shifted sums must lie for that pass to suffice: within σ/4
     /// for double, within 16σ for float (see <see cref="ColumnKernels.ShiftedMoments{T}"/>). Stated as the weight w of
-    /// the test w·offset² ≤ σ², 16 or 2⁻⁸: powers of two, so that the product is exact.
+    /// the test w·offset² ≤ σ², 16 or 2⁻⁸: powers of two, so that multiplying by w is exact.
     /// </summary>
     /// <remarks>
-    /// The pass around c computes σ² = (Σd² − Σd·offset)/n from d = x − c, and the rounding errors of Σd², relative to
-    /// σ² + offset², are magnified by 1 + offset²/σ²: at most 1 + 1/16 for double, at most 257 (8 bits of double's 53)
-    /// for float. For float data the pass around c = x[0] is moreover exact term by term (x − c and (x − c)² of two
-    /// floats are doubles, but for exponents 29 apart), so only the additions round, and the statistics keep at least
-    /// 40 bits where float needs 24. A second pass, which reads the data again, is then left to the rare center more
-    /// than 16σ from the mean; for float data that read is most of the cost of the statistics.
+    /// The pass around c computes σ² = (Σd² − Σd·offset)/n from d = x − c, with δ = μ − c. Rounding errors in Σd² are
+    /// relative to Σd² = n(σ² + δ²), and those in Σd, relative to Σ|d| ≤ n·√(σ² + δ²), come into σ² multiplied by 2|δ|:
+    /// relative to σ², the pass magnifies the sums' rounding errors by (1 + δ²/σ²) + 2(|δ|/σ)·√(1 + δ²/σ²), at most 1.6
+    /// for double's σ/4 and 770 (under 10 of double's 53 bits) for float's 16σ. For float data the terms d of a float
+    /// center are moreover exact (x − c of two floats is a double, but for exponents 29 apart), so a float's statistics
+    /// keep far more digits than float holds. A second pass, which reads the data again, is then left to the rare center
+    /// more than 16σ from the mean; for float data that read is most of the cost of the statistics.
     /// </remarks>
     public static double CenterWeight => typeof(T) == typeof(float) ? 1.0 / 256 : 16;
-
-    /// <summary>
-    /// The least double that rounds to float +∞: the largest float plus half its spacing, 2¹²⁸ − 2¹⁰³ (a tie, which rounds
-    /// to the even neighbour, ∞).
-    /// </summary>
-    internal const double FloatLimit = 3.4028235677973366E+38;
 
     /// <summary>Gets the alignment in bytes of the store of eight elements (<see cref="Stream256"/>).</summary>
     public static int StreamAlignment => 8 * Size;

@@ -26,7 +26,7 @@ internal static class LaneKernels
 
     /// <summary>
     /// Per row, the mean and biased variance over columns [first, first + count), computed exactly as
-    /// <see cref="ColumnKernels.Moments"/> computes them down a column: shifted sums around the row's first value,
+    /// <see cref="ColumnKernels.Moments{T}"/> computes them down a column: shifted sums around the row's first value,
     /// a second pass around the mean found by the first where the row needs one, and the mean in two parts,
     /// center + correction.
     /// </summary>
@@ -96,7 +96,7 @@ internal static class LaneKernels
         => Reduce(dy, xHat, rows, first, count, gamma, new ScaledSumAndDotLanes(), default, sumG, sumGXHat, scratch);
 
     /// <summary>x̂ = ((x − center) − correction)·inverseStd and y = γⱼ·x̂ + βⱼ for columns [first, first + count), per row.</summary>
-    /// <returns>Whether every y is finite.</returns>
+    /// <returns>Whether every y, and for float every x̂, is finite as stored.</returns>
     public static bool Normalize<T>(
         ReadOnlySpan<T> x, int rows, int first, int count, ReadOnlySpan<double> center, ReadOnlySpan<double> correction, ReadOnlySpan<double> inverseStd,
         ReadOnlySpan<double> gamma, ReadOnlySpan<double> beta, Span<T> xHat, Span<T> y)
@@ -270,7 +270,7 @@ internal static class LaneKernels
     }
 
     /// <summary>An element-wise map over columns [first, first + count) with one or two destinations.</summary>
-    /// <returns>Whether every value of the checked destination (the second if there is one) is finite; see <see cref="ColumnKernels"/>' map.</returns>
+    /// <returns>Whether every value stored is finite (with two destinations, x̂ and y: y, and for float x̂ too), as in <see cref="ColumnKernels"/>' map.</returns>
     /// <remarks>Each element is read before it is written, so a destination may alias a source.</remarks>
     private static bool Map<T, TOp>(
         ReadOnlySpan<T> a, ReadOnlySpan<T> b, int rows, int first, int count, ReadOnlySpan<double> columnScalars1, ReadOnlySpan<double> columnScalars2,
@@ -297,21 +297,14 @@ internal static class LaneKernels
                         Elements<T>.LoadVector(ref a0, (nuint)i), Elements<T>.LoadVector(ref b0, (nuint)i), v1, v2,
                         Vector.LoadUnsafe(ref l10, (nuint)i), Vector.LoadUnsafe(ref l20, (nuint)i), Vector.LoadUnsafe(ref l30, (nuint)i),
                         out Vector<double> r1, out Vector<double> r2);
-                    Vector<double> stored = Elements<T>.StoreVector(r1, ref o10, (nuint)i);
-                    probe |= op.HasSecond ? Elements<T>.Outputs(stored, Elements<T>.StoreVector(r2, ref o20, (nuint)i)) : stored;
+                    probe |= Elements<T>.StoreResults(op.HasSecond, r1, ref o10, r2, ref o20, (nuint)i);
                 }
             }
 
             for (; i < rows; i++)
             {
                 op.Apply(Elements<T>.Get(ref a0, i), Elements<T>.Get(ref b0, i), p1, p2, lanes1[i], lanes2[i], lanes3[i], out double r1, out double r2);
-                Elements<T>.Set(ref o10, i, r1);
-                if (op.HasSecond)
-                {
-                    Elements<T>.Set(ref o20, i, r2);
-                }
-
-                scalarProbe += op.HasSecond ? Elements<T>.Probe(r1, r2) : Elements<T>.Probe(r1);
+                scalarProbe += Elements<T>.SetResults(op.HasSecond, r1, ref o10, r2, ref o20, i);
             }
         }
 

@@ -13,7 +13,7 @@ namespace BatchNorm;
 /// segment through a <see cref="BackwardStrategy"/>, over either geometry of <see cref="SegmentLayout"/>.
 /// </summary>
 /// <remarks>
-/// <para><b>Forward, column blocks:</b> per column and block, the statistics (<see cref="ColumnKernels.Moments"/>, or
+/// <para><b>Forward, column blocks:</b> per column and block, the statistics (<see cref="ColumnKernels.Moments{T}"/>, or
 /// given ones: running or synchronized), then x̂ and y in one fused pass while the block is still in cache. Columns are
 /// split across threads by the <see cref="ColumnRunner"/>.</para>
 /// <para><b>Forward, row groups:</b> per group, the statistics of every row at once (<see cref="LaneKernels.Moments"/>),
@@ -612,7 +612,8 @@ internal sealed class NormalizationEngine
                 else
                 {
                     // The mean is kept in two parts, center + correction: see ColumnKernels.Moments.
-                    ColumnKernels.Moments(values, out center, out correction, out variance[k]);
+                    // Gathered floats come widened to double, and keep float's rule for one pass.
+                    ColumnKernels.Moments<TValue, T>(values, out center, out correction, out variance[k]);
                 }
 
                 cache.WritableMean[k] = center + correction;

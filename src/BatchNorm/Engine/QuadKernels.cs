@@ -31,7 +31,7 @@ internal static class QuadKernels
     public static bool IsSupported => Avx.IsSupported;
 
     /// <summary>
-    /// The moments of four adjacent segments of length n, each exactly as <see cref="ColumnKernels.Moments"/> computes
+    /// The moments of four adjacent segments of length n, each exactly as <see cref="ColumnKernels.Moments{T}"/> computes
     /// them: shifted sums around the segment's first value, and for a segment whose first value lies too far from its mean
     /// a second pass around the mean found by the first.
     /// </summary>
@@ -179,7 +179,7 @@ internal static class QuadKernels
     /// x̂ = ((x − center) − correction)·inverseStd and y = γ·x̂ + β over one short segment, element by element as
     /// <see cref="ColumnKernels.Normalize"/> computes them; y may be the same memory as x.
     /// </summary>
-    /// <returns>Whether every y is finite.</returns>
+    /// <returns>Whether every y, and for float every x̂, is finite as stored.</returns>
     public static bool Normalize<T>(ref T x, int n, double center, double correction, double inverseStd, double gamma, double beta, ref T xHat, ref T y)
         where T : unmanaged
     {
