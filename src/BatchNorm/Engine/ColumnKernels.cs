@@ -188,10 +188,12 @@ internal static class ColumnKernels
             {
                 for (; i <= end - (4 * width); i += 4 * width)
                 {
-                    Vector<double> a1 = Elements<T>.LoadVector(ref a0, (nuint)i), b1 = LoadB(op.ReadsB, ref b0, (nuint)i);
-                    Vector<double> a2 = Elements<T>.LoadVector(ref a0, (nuint)(i + width)), b2 = LoadB(op.ReadsB, ref b0, (nuint)(i + width));
-                    Vector<double> a3 = Elements<T>.LoadVector(ref a0, (nuint)(i + (2 * width))), b3 = LoadB(op.ReadsB, ref b0, (nuint)(i + (2 * width)));
-                    Vector<double> a4 = Elements<T>.LoadVector(ref a0, (nuint)(i + (3 * width))), b4 = LoadB(op.ReadsB, ref b0, (nuint)(i + (3 * width)));
+                    // Offsets from one reference per source: constants the loads fold into their addresses.
+                    ref T ai = ref Unsafe.Add(ref a0, i), bi = ref Unsafe.Add(ref b0, i);
+                    Vector<double> a1 = Elements<T>.LoadVector(ref ai, 0), b1 = LoadB(op.ReadsB, ref bi, 0);
+                    Vector<double> a2 = Elements<T>.LoadVector(ref ai, (nuint)width), b2 = LoadB(op.ReadsB, ref bi, (nuint)width);
+                    Vector<double> a3 = Elements<T>.LoadVector(ref ai, (nuint)(2 * width)), b3 = LoadB(op.ReadsB, ref bi, (nuint)(2 * width));
+                    Vector<double> a4 = Elements<T>.LoadVector(ref ai, (nuint)(3 * width)), b4 = LoadB(op.ReadsB, ref bi, (nuint)(3 * width));
                     f0 += op.First(a1, b1);
                     f1 += op.First(a2, b2);
                     f2 += op.First(a3, b3);
@@ -310,11 +312,12 @@ internal static class ColumnKernels
             Vector<double> probe = Vector<double>.Zero;
             for (; i <= length - (2 * width); i += 2 * width)
             {
-                op.Apply(Elements<T>.LoadVector(ref a0, (nuint)i), LoadB(op.ReadsB, ref b0, (nuint)i), out Vector<double> r1, out Vector<double> r2);
-                op.Apply(Elements<T>.LoadVector(ref a0, (nuint)(i + width)), LoadB(op.ReadsB, ref b0, (nuint)(i + width)), out Vector<double> s1, out Vector<double> s2);
+                ref T ai = ref Unsafe.Add(ref a0, i), bi = ref Unsafe.Add(ref b0, i), secondI = ref Unsafe.Add(ref second0, i);
+                op.Apply(Elements<T>.LoadVector(ref ai, 0), LoadB(op.ReadsB, ref bi, 0), out Vector<double> r1, out Vector<double> r2);
+                op.Apply(Elements<T>.LoadVector(ref ai, (nuint)width), LoadB(op.ReadsB, ref bi, (nuint)width), out Vector<double> s1, out Vector<double> s2);
                 Vector<double> stored = Elements<T>.Stream256(r1.AsVector256(), s1.AsVector256(), destination + i).AsVector();
                 probe |= op.HasSecond
-                    ? Elements<T>.Outputs(stored, Elements<T>.StoreVector(r2, ref second0, (nuint)i) | Elements<T>.StoreVector(s2, ref second0, (nuint)(i + width)))
+                    ? Elements<T>.Outputs(stored, Elements<T>.StoreVector(r2, ref secondI, 0) | Elements<T>.StoreVector(s2, ref secondI, (nuint)width))
                     : stored;
             }
 

@@ -38,17 +38,17 @@ internal static class ElementFormulas
     /// <summary>The closed-form input gradient, dx = scale·(dy − mean(dy) − x̂·mean(dy·x̂)), with scale = γ/√(σ² + ε).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector<double> ClosedFormInputGradient(Vector<double> dy, Vector<double> xHat, Vector<double> meanDy, Vector<double> meanDyXHat, Vector<double> scale)
-        => scale * MultiplyAdd(-xHat, meanDyXHat, dy - meanDy);
+        => scale * MultiplyAdd(xHat, -meanDyXHat, dy - meanDy);
 
     /// <inheritdoc cref="ClosedFormInputGradient(Vector{double}, Vector{double}, Vector{double}, Vector{double}, Vector{double})"/>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<double> ClosedFormInputGradient(Vector256<double> dy, Vector256<double> xHat, Vector256<double> meanDy, Vector256<double> meanDyXHat, Vector256<double> scale)
-        => scale * MultiplyAdd(-xHat, meanDyXHat, dy - meanDy);
+        => scale * MultiplyAdd(xHat, -meanDyXHat, dy - meanDy);
 
     /// <inheritdoc cref="ClosedFormInputGradient(Vector{double}, Vector{double}, Vector{double}, Vector{double}, Vector{double})"/>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static double ClosedFormInputGradient(double dy, double xHat, double meanDy, double meanDyXHat, double scale)
-        => scale * MultiplyAdd(-xHat, meanDyXHat, dy - meanDy);
+        => scale * MultiplyAdd(xHat, -meanDyXHat, dy - meanDy);
 
     /// <summary>a·b + c, fused where the runtime offers it.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -77,13 +77,21 @@ internal static class ElementFormulas
         => (a * b) + c;
 #endif
 
-    /// <summary>One step of Neumaier's compensated sum, lane by lane: sum ← sum + value, the rounding error carried in compensation.</summary>
+    /// <summary>
+    /// One step of Neumaier's compensated sum, lane by lane: sum ← sum + value, the rounding error carried in compensation.
+    /// </summary>
+    /// <remarks>
+    /// The error is found by Knuth's TwoSum, exactly, whichever of sum and value is larger: the same bits as Neumaier's
+    /// branch on |sum| ≥ |value| (both are exact), but without a comparison, and in the scalar version without a branch
+    /// on the data, which a sum of values of either sign mispredicts about every other time. (Where sum + value
+    /// overflows, both make the total non-finite.)
+    /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void CompensatedAdd(ref Vector<double> sum, ref Vector<double> compensation, Vector<double> value)
     {
         Vector<double> t = sum + value;
-        Vector<long> sumIsLarger = Vector.GreaterThanOrEqual(Vector.Abs(sum), Vector.Abs(value));
-        compensation += Vector.ConditionalSelect(sumIsLarger, (sum - t) + value, (value - t) + sum);
+        Vector<double> z = t - sum;
+        compensation += (sum - (t - z)) + (value - z);
         sum = t;
     }
 
@@ -92,7 +100,8 @@ internal static class ElementFormulas
     public static void CompensatedAdd(ref double sum, ref double compensation, double value)
     {
         double t = sum + value;
-        compensation += Math.Abs(sum) >= Math.Abs(value) ? (sum - t) + value : (value - t) + sum;
+        double z = t - sum;
+        compensation += (sum - (t - z)) + (value - z);
         sum = t;
     }
 }
