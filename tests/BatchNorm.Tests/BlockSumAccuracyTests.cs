@@ -26,6 +26,33 @@ public class BlockSumAccuracyTests
     }
 
     [Fact]
+    public void Each_compensated_step_carries_the_exact_error_Neumaiers_branch_finds_whichever_operand_is_larger()
+    {
+        // The step finds the error of sum + value by TwoSum; Neumaier's (s − t) + v for |s| ≥ |v|, else (v − t) + s, is
+        // exact too, so the two agree bit for bit, in the scalar step and in every lane of the vector one.
+        var random = new Random(7);
+        for (int k = 0; k < 10_000; k++)
+        {
+            double sum = Math.ScaleB((2 * random.NextDouble()) - 1, random.Next(-60, 60));
+            double value = Math.ScaleB((2 * random.NextDouble()) - 1, random.Next(-60, 60));
+            double compensation = Math.ScaleB(random.NextDouble(), -70);
+            double t = sum + value;
+            double expected = compensation + (Math.Abs(sum) >= Math.Abs(value) ? (sum - t) + value : (value - t) + sum);
+
+            double s = sum, c = compensation;
+            ElementFormulas.CompensatedAdd(ref s, ref c, value);
+            Assert.Equal(t, s);
+            Assert.Equal(expected, c);
+
+            var vs = new System.Numerics.Vector<double>(sum);
+            var vc = new System.Numerics.Vector<double>(compensation);
+            ElementFormulas.CompensatedAdd(ref vs, ref vc, new System.Numerics.Vector<double>(value));
+            Assert.Equal(new System.Numerics.Vector<double>(t), vs);
+            Assert.Equal(new System.Numerics.Vector<double>(expected), vc);
+        }
+    }
+
+    [Fact]
     public void The_mean_of_a_column_of_three_blocks_keeps_what_rounding_drops_between_them()
     {
         // The first value is 0, so the shifted sums are the values' own, and the mean is exactly 1/384 of the scale.
