@@ -83,7 +83,7 @@ internal static class ElementFormulas
     /// <remarks>
     /// The error is found by Knuth's TwoSum, exactly, whichever of sum and value is larger: the same bits as Neumaier's
     /// branch on |sum| ≥ |value| (both are exact), but without a comparison, and in the scalar version without a branch
-    /// on the data, which a sum of values of either sign mispredicts about every other time. (Where sum + value
+    /// on the data, which the processor often mispredicts for a sum of values of either sign. (Where sum + value
     /// overflows, both make the total non-finite.)
     /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
