@@ -203,6 +203,8 @@ public class FastPathTests
     /// allocation context, and the runtime's count of the thread's bytes can then move by a few kilobytes with nothing
     /// allocated (dotnet/coreclr#10207; seen here as 1,768 bytes in one of three runs of the suite). So a window of steps
     /// during which a collection ran is measured again, up to ten times; a step that allocates shows in every window.
+    /// What this cannot see is an allocation that only a collection brings about, such as re-renting an array that a
+    /// collection trimmed from <c>ArrayPool</c>.
     /// </remarks>
     internal static void AssertSteadyStateAllocatesNothing(Action step)
     {

@@ -229,7 +229,7 @@ internal static class ColumnKernels
     }
 
     /// <summary>An element-wise map from a and b to one or two destinations.</summary>
-    /// <returns>Whether every value stored is finite (with two destinations, x̂ and y: y, and for float x̂ too; see <see cref="Elements{T}.Outputs(Vector{double}, Vector{double})"/>).</returns>
+    /// <returns>Whether every checked value is finite as stored: the first destination's, or with two destinations (x̂ and y) y's, and for float x̂'s too (see <see cref="Elements{T}.Outputs(Vector{double}, Vector{double})"/>).</returns>
     /// <remarks>
     /// Each element is read before it is written, so a destination may alias a source. The check costs two operations
     /// per stored vector in registers: the store's probe, or-ed into a register (<see cref="Elements{T}.HasFault(Vector{double})"/>).

@@ -77,31 +77,37 @@ internal static class ElementFormulas
         => (a * b) + c;
 #endif
 
-    /// <summary>
-    /// One step of Neumaier's compensated sum, lane by lane: sum ← sum + value, the rounding error carried in compensation.
-    /// </summary>
-    /// <remarks>
-    /// The error is found by Knuth's TwoSum, exactly, whichever of sum and value is larger: the same bits as Neumaier's
-    /// branch on |sum| ≥ |value| (both are exact), but without a comparison, and in the scalar version without a branch
-    /// on the data, which the processor often mispredicts for a sum of values of either sign. (Where sum + value
-    /// overflows, both make the total non-finite.)
-    /// </remarks>
+    /// <summary>One step of Neumaier's compensated sum, lane by lane: sum ← sum + value, the rounding error carried in compensation.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void CompensatedAdd(ref Vector<double> sum, ref Vector<double> compensation, Vector<double> value)
     {
         Vector<double> t = sum + value;
-        Vector<double> z = t - sum;
-        compensation += (sum - (t - z)) + (value - z);
+        Vector<long> sumIsLarger = Vector.GreaterThanOrEqual(Vector.Abs(sum), Vector.Abs(value));
+        compensation += Vector.ConditionalSelect(sumIsLarger, (sum - t) + value, (value - t) + sum);
         sum = t;
     }
 
     /// <inheritdoc cref="CompensatedAdd(ref Vector{double}, ref Vector{double}, Vector{double})"/>
+    /// <remarks>
+    /// The error is found by Knuth's TwoSum, exactly, whichever of sum and value is larger: the same bits as Neumaier's
+    /// branch on |sum| ≥ |value| (both are exact), without that branch on the data, which the processor often
+    /// mispredicts for a sum of values of either sign. TwoSum's intermediate t − sum can overflow where t does not
+    /// (|sum| and |value| near the largest double): where its error is not finite (that, or data that are not), a branch
+    /// that finite sums of ordinary size never take falls back to Neumaier's. (The vector step selects between
+    /// Neumaier's two formulas, which has no branch to mispredict.)
+    /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void CompensatedAdd(ref double sum, ref double compensation, double value)
     {
         double t = sum + value;
         double z = t - sum;
-        compensation += (sum - (t - z)) + (value - z);
+        double error = (sum - (t - z)) + (value - z);
+        if (!double.IsFinite(error))
+        {
+            error = Math.Abs(sum) >= Math.Abs(value) ? (sum - t) + value : (value - t) + sum;
+        }
+
+        compensation += error;
         sum = t;
     }
 }

@@ -270,7 +270,7 @@ internal static class LaneKernels
     }
 
     /// <summary>An element-wise map over columns [first, first + count) with one or two destinations.</summary>
-    /// <returns>Whether every value stored is finite (with two destinations, x̂ and y: y, and for float x̂ too), as in <see cref="ColumnKernels"/>' map.</returns>
+    /// <returns>Whether every checked value is finite as stored (with two destinations, x̂ and y: y's, and for float x̂'s too), as in <see cref="ColumnKernels"/>' map.</returns>
     /// <remarks>Each element is read before it is written, so a destination may alias a source.</remarks>
     private static bool Map<T, TOp>(
         ReadOnlySpan<T> a, ReadOnlySpan<T> b, int rows, int first, int count, ReadOnlySpan<double> columnScalars1, ReadOnlySpan<double> columnScalars2,
