@@ -256,29 +256,32 @@ public class SinglePrecisionLayerTests
     }
 
     [Theory]
-    [InlineData(1.0)]
-    [InlineData(1e-30)]
-    public void An_inference_x_hat_beyond_float_is_refused_and_changes_nothing(double gamma)
+    [InlineData(1.0, 2, 3)]
+    [InlineData(1e-30, 2, 3)]
+    [InlineData(1e-30, 4, 8)]
+    public void An_inference_x_hat_beyond_float_is_refused_and_changes_nothing(double gamma, int features, int rows)
     {
         // Running variance 0 and ε = 1e-5: x̂ = x/√ε is 3e38·316 = 9.5e40 in column 1, finite in double, beyond float.
-        // With γ = 1, y overflows too; with γ = 1e-30, y = 9.5e10 is finite but x̂ would be cached as ∞.
-        var layer = new BatchNormLayer(2) { IsTraining = false };
-        layer.RunningVariance.SetValues([1, 0]);
+        // With γ = 1, y overflows too; with γ = 1e-30, y = 9.5e10 is finite but x̂ would be cached as ∞. Two columns of
+        // three rows go one at a time (the value in the scalar tail); four of eight go through the four-column kernels
+        // (the value in their vector body).
+        var layer = new BatchNormLayer(features) { IsTraining = false };
+        layer.RunningVariance[1] = 0;
         layer.Gamma[1] = gamma;
-        layer.Forward(Matrix<float>.Build.Dense(3, 2, (i, j) => i));
+        layer.Forward(Matrix<float>.Build.Dense(rows, features, (i, j) => i));
         string state = layer.ExportState();
         NormalizationCache? cache = layer.Cache;
-        Matrix<float> x = Matrix<float>.Build.Dense(3, 2, (i, j) => j == 1 && i == 2 ? 3e38f : i);
+        Matrix<float> x = Matrix<float>.Build.Dense(rows, features, (i, j) => j == 1 && i == rows - 1 ? 3e38f : i);
         var error = Assert.Throws<ArgumentException>(() => layer.Forward(x));
         Assert.StartsWith("Column 1 of input cannot be normalized: y = γ·x̂ + β, or x̂ itself, overflows the range of float", error.Message, StringComparison.Ordinal);
         Assert.Same(cache, layer.Cache);
         Assert.Equal(state, layer.ExportState());
 
         // The double layer holds both.
-        var wide = new BatchNormLayer(2) { IsTraining = false };
-        wide.RunningVariance.SetValues([1, 0]);
+        var wide = new BatchNormLayer(features) { IsTraining = false };
+        wide.RunningVariance[1] = 0;
         wide.Gamma[1] = gamma;
-        Assert.True(double.IsFinite(wide.Forward(Widen(x))[2, 1]));
+        Assert.True(double.IsFinite(wide.Forward(Widen(x))[rows - 1, 1]));
     }
 
     [Theory]
