@@ -91,10 +91,11 @@ internal static class ElementFormulas
     /// <remarks>
     /// The error is found by Knuth's TwoSum, exactly, whichever of sum and value is larger: the same bits as Neumaier's
     /// branch on |sum| ≥ |value| (both are exact), without that branch on the data, which the processor often
-    /// mispredicts for a sum of values of either sign. TwoSum's intermediate t − sum can overflow where t does not
-    /// (|sum| and |value| near the largest double): where its error is not finite (that, or data that are not), a branch
-    /// that finite sums of ordinary size never take falls back to Neumaier's. (The vector step selects between
-    /// Neumaier's two formulas, which has no branch to mispredict.)
+    /// mispredicts for a sum of values of either sign. TwoSum's intermediate t − sum can overflow where t does not, and
+    /// only where |value| > |sum| (both near the largest double): there, a branch that finite sums of ordinary size
+    /// never take falls back to Neumaier's formula for that order, (value − t) + sum. (With data that are not finite,
+    /// any of the formulas makes the total non-finite.) The vector step selects between Neumaier's two formulas, which
+    /// has no branch to mispredict.
     /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void CompensatedAdd(ref double sum, ref double compensation, double value)
@@ -104,7 +105,7 @@ internal static class ElementFormulas
         double error = (sum - (t - z)) + (value - z);
         if (!double.IsFinite(error))
         {
-            error = Math.Abs(sum) >= Math.Abs(value) ? (sum - t) + value : (value - t) + sum;
+            error = (value - t) + sum;
         }
 
         compensation += error;
