@@ -258,13 +258,14 @@ public class SinglePrecisionLayerTests
     [Theory]
     [InlineData(1.0, 2, 3)]
     [InlineData(1e-30, 2, 3)]
+    [InlineData(1e-30, 2, 136)]
     [InlineData(1e-30, 4, 8)]
     public void An_inference_x_hat_beyond_float_is_refused_and_changes_nothing(double gamma, int features, int rows)
     {
         // Running variance 0 and ε = 1e-5: x̂ = x/√ε is 3e38·316 = 9.5e40 in column 1, finite in double, beyond float.
-        // With γ = 1, y overflows too; with γ = 1e-30, y = 9.5e10 is finite but x̂ would be cached as ∞. Two columns of
-        // three rows go one at a time (the value in the scalar tail); four of eight go through the four-column kernels
-        // (the value in their vector body).
+        // With γ = 1, y overflows too; with γ = 1e-30, y = 9.5e10 is finite but x̂ would be cached as ∞. Columns of three
+        // rows go through the short-segment kernels one at a time (the value in their scalar tail), four columns of eight
+        // rows four at a time (in the vector body), and columns of 136 rows through the general column kernels.
         var layer = new BatchNormLayer(features) { IsTraining = false };
         layer.RunningVariance[1] = 0;
         layer.Gamma[1] = gamma;
